@@ -1,0 +1,221 @@
+"""The Python API the original SOLLOL documented, async: ``OllamaPool``, ``HybridRouter``, ``Priority``.
+
+Both classes are thin fronts over one :class:`~sollol_core.router.Router`; the synchronous mirror
+is :mod:`sollol_core.sync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from sollol_core.config import Settings
+from sollol_core.convert import unstructure
+from sollol_core.plugins import Plugins
+from sollol_core.router import Router
+from sollol_core.types import InferenceRequest
+
+Address = str | Mapping[str, Any]
+
+
+class Priority:
+    """Request priority, 1 (can wait) to 10 (mission-critical). Higher is served first."""
+
+    CRITICAL = 10
+    URGENT = 9
+    HIGH = 7
+    NORMAL = 5
+    LOW = 3
+    BATCH = 1
+
+
+def _address(item: Address) -> str:
+    """``"host:port"`` or ``{"host": ..., "port": ...}`` -> ``"host:port"``."""
+    if isinstance(item, str):
+        return item
+    host, port = item["host"], item.get("port")
+    return f"{host}:{port}" if port is not None else str(host)
+
+
+def _check_priority(priority: int) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 10:
+        raise ValueError(f"priority must be an integer from 1 to 10, got {priority!r}")
+    return priority
+
+
+class OllamaPool:
+    """A pool of Ollama-API nodes behind one router.
+
+    ``nodes`` are addresses (``"host:port"`` or ``{"host": ..., "port": ...}``) added to the
+    discovered ones. Use ``await OllamaPool.auto_configure()`` to discover and start in one step,
+    or ``async with OllamaPool(...) as pool``.
+    """
+
+    def __init__(self, nodes: Sequence[Address] | None = None, *, settings: Settings | None = None,
+                 plugins: Plugins | None = None) -> None:
+        settings = settings or Settings.load()
+        if nodes:
+            discovery = attrs.evolve(
+                settings.discovery,
+                ollama_nodes=settings.discovery.ollama_nodes + tuple(_address(n) for n in nodes))
+            settings = attrs.evolve(settings, discovery=discovery)
+        self.router = Router.create(settings, plugins)
+        self._started = False
+
+    @classmethod
+    async def auto_configure(cls, **kwargs: Any) -> OllamaPool:
+        """Discover nodes (configuration, environment, localhost, network if enabled) and start."""
+        pool = cls(**kwargs)
+        await pool.start()
+        return pool
+
+    async def start(self) -> None:
+        if not self._started:
+            await self.router.start()
+            self._started = True
+
+    async def close(self) -> None:
+        if self._started:
+            await self.router.stop()
+            self._started = False
+
+    async def __aenter__(self) -> OllamaPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *,
+                   priority: int = Priority.NORMAL, timeout: float | None = None,
+                   stream: bool = False, **fields: Any) -> Any:
+        """Ollama ``/api/chat``. Returns the response dict with ``_routing``, or with
+        ``stream=True`` an async iterator of chunks."""
+        request = InferenceRequest.chat(model, list(messages), priority=_check_priority(priority),
+                                        stream=stream, **fields)
+        return await self._send(request, timeout)
+
+    async def generate(self, model: str, prompt: str, *, priority: int = Priority.NORMAL,
+                       timeout: float | None = None, stream: bool = False, **fields: Any) -> Any:
+        """Ollama ``/api/generate``; same return shapes as :meth:`chat`."""
+        request = InferenceRequest.generate(model, prompt, priority=_check_priority(priority),
+                                            stream=stream, **fields)
+        return await self._send(request, timeout)
+
+    async def embed(self, model: str, input: str | list[str], *, priority: int = Priority.NORMAL,
+                    timeout: float | None = None, **fields: Any) -> Any:
+        """Ollama ``/api/embed``: the response dict with ``embeddings`` and ``_routing``."""
+        request = InferenceRequest.embed(model, input, priority=_check_priority(priority), **fields)
+        return await self._send(request, timeout)
+
+    async def _send(self, request: InferenceRequest, timeout: float | None) -> Any:
+        await self.start()
+        if request.stream:
+            reply = await asyncio.wait_for(self.router.open(request), timeout)
+            return _relay(reply)
+        chunks, routing = await asyncio.wait_for(self.router.run(request), timeout)
+        response = dict(chunks[-1]) if chunks else {}
+        response["_routing"] = unstructure(routing)
+        return response
+
+    def stats(self) -> dict[str, Any]:
+        """Per-node figures from the latest snapshot."""
+        fleet = self.router.fleet.snapshot()
+        return {"nodes": [unstructure(n) for n in fleet.nodes]}
+
+
+async def _relay(reply: Any) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in reply:
+        yield dict(chunk)
+
+
+class HybridRouter:
+    """Runs a model whole on one node when it fits, or sharded over llama.cpp RPC workers.
+
+    The arguments are those of the original SOLLOL; ``rpc_backends`` takes
+    ``[{"host": ..., "port": ...}]`` or ``"host:port"`` strings. Sharding itself comes from the
+    ``sollol-llamacpp`` plugin; without it every request runs whole.
+    """
+
+    def __init__(self, ollama_pool: OllamaPool | None = None, *, enable_distributed: bool = False,
+                 rpc_backends: Sequence[Address] | None = None, auto_discover_rpc: bool = False,
+                 auto_setup_rpc: bool = False, num_rpc_backends: int = 1,
+                 distributed_threshold_params: float | None = None,
+                 coordinator_timeout: float = 120.0, gguf_path: str | None = None,
+                 layer_strategy: str = "memory_aware", settings: Settings | None = None,
+                 plugins: Plugins | None = None) -> None:
+        if layer_strategy not in {"memory_aware", "even"}:
+            raise ValueError(f"layer_strategy must be 'memory_aware' or 'even', got {layer_strategy!r}")
+        if num_rpc_backends < 1:
+            raise ValueError(f"num_rpc_backends must be at least 1, got {num_rpc_backends}")
+        if ollama_pool is None:
+            ollama_pool = OllamaPool(settings=settings, plugins=plugins)
+        if rpc_backends:
+            current = ollama_pool.router.settings
+            discovery = attrs.evolve(
+                current.discovery,
+                rpc_backends=current.discovery.rpc_backends
+                + tuple(_address(b) for b in rpc_backends))
+            ollama_pool.router.settings = attrs.evolve(current, discovery=discovery)
+            ollama_pool.router.fleet.settings = ollama_pool.router.settings
+        self.pool = ollama_pool
+        self.enable_distributed = enable_distributed
+        self.auto_discover_rpc = auto_discover_rpc
+        self.auto_setup_rpc = auto_setup_rpc
+        self.num_rpc_backends = num_rpc_backends
+        self.distributed_threshold_params = distributed_threshold_params
+        self.coordinator_timeout = coordinator_timeout
+        self.gguf_path = gguf_path
+        self.layer_strategy = layer_strategy
+        self.coordinator: dict[str, Any] | None = None
+        self._requests = 0
+        self._distributed = 0
+
+    async def start(self) -> None:
+        await self.pool.start()
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def __aenter__(self) -> HybridRouter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def should_use_distributed(self, model: str) -> bool:
+        """Whether the placement policies would shard ``model`` now."""
+        if not self.enable_distributed:
+            return False
+        await self.pool.start()
+        decision = self.pool.router.decide(InferenceRequest.chat(model, []))
+        return decision.plan is not None
+
+    async def route_request(self, model: str, messages: Sequence[Mapping[str, Any]], *,
+                            priority: int = Priority.NORMAL, timeout: float | None = None,
+                            max_tokens: int | None = None, **fields: Any) -> Any:
+        """Chat with ``model`` wherever placement puts it; the response carries ``_routing``."""
+        if max_tokens is not None:
+            options = dict(fields.pop("options", {}) or {})
+            options["num_predict"] = max_tokens
+            fields["options"] = options
+        response = await self.pool.chat(model, messages, priority=priority, timeout=timeout,
+                                        **fields)
+        self._requests += 1
+        if response.get("_routing", {}).get("backend") == "sharded":
+            self._distributed += 1
+        return response
+
+    def get_stats(self) -> dict[str, Any]:
+        fleet = self.pool.router.fleet.snapshot()
+        return {
+            "requests": self._requests,
+            "distributed_requests": self._distributed,
+            "enable_distributed": self.enable_distributed,
+            "coordinator": self.coordinator,
+            "nodes": [unstructure(n) for n in fleet.nodes],
+        }

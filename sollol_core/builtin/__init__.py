@@ -1,0 +1,1 @@
+"""Default plugins, registered through the same hooks as third-party ones."""

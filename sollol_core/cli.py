@@ -1,0 +1,196 @@
+"""The ``sollol`` command line.
+
+Exit codes: 0 done, 1 a runtime failure (unreachable gateway, port in use), 2 bad usage or bad
+settings (nothing was started).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import aiohttp
+import click
+from attrs import define
+from rich.console import Console
+
+from sollol_core import render
+from sollol_core.config import Settings
+from sollol_core.convert import structure, unstructure
+from sollol_core.errors import ConfigError, SollolError
+from sollol_core.fleet import Fleet
+from sollol_core.plugins import PluginInfo, Plugins
+from sollol_core.types import FleetSnapshot
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@define
+class CliState:
+    """What every subcommand shares: the config file given and the loaded plugins."""
+
+    config_path: str | None
+    plugins: Plugins
+
+    def settings(self, **flags: Any) -> Settings:
+        return Settings.load(config_path=self.config_path, flags=flags)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    for line in message.splitlines():
+        click.echo(f"sollol: error: {line}", err=True)
+    sys.exit(code)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--config", "config_path", metavar="FILE", envvar="SOLLOL_CONFIG",
+              help="TOML settings file (default: $SOLLOL_CONFIG).")
+@click.version_option(package_name="sollol-core", prog_name="sollol")
+def cli(config_path: str | None) -> None:
+    """SOLLOL: one endpoint in front of your Ollama and llama.cpp machines.
+
+    Settings come from flags, then SOLLOL_* environment variables, then the TOML file given with
+    --config, then defaults. See docs/configuration.md.
+    """
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default 11435).")
+@click.option("--api-key", "api_keys", multiple=True,
+              help="Require this Bearer token (repeatable).")
+@click.pass_obj
+def serve(state: CliState, host: str | None, port: int | None, api_keys: tuple[str, ...]) -> None:
+    """Run the gateway until Ctrl-C."""
+    from sollol_core.gateway.serve import serve as run_gateway
+    from sollol_core.router import Router
+
+    settings = state.settings(**{"gateway.host": host, "gateway.port": port,
+                                 "gateway.api_keys": api_keys or None})
+    router = Router.create(settings, state.plugins)
+    try:
+        asyncio.run(run_gateway(router, ready=lambda line: click.echo(line, err=True)))
+    except SollolError as exc:
+        fail(str(exc))
+    click.echo("stopped", err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--ollama-node", "ollama_nodes", multiple=True, metavar="HOST:PORT",
+              help="Also probe this Ollama node (repeatable).")
+@click.option("--rpc-backend", "rpc_backends", multiple=True, metavar="HOST:PORT",
+              help="Also probe this llama.cpp RPC worker (repeatable).")
+@click.option("--timeout", type=float, help="Seconds to wait for each probe (default 2).")
+@json_option
+@click.pass_obj
+def discover(state: CliState, ollama_nodes: tuple[str, ...], rpc_backends: tuple[str, ...],
+             timeout: float | None, as_json: bool) -> None:
+    """Find nodes once, probe each, and print what they hold."""
+    base = state.settings()
+    settings = state.settings(**{
+        "discovery.ollama_nodes": base.discovery.ollama_nodes + ollama_nodes if ollama_nodes
+        else None,
+        "discovery.rpc_backends": base.discovery.rpc_backends + rpc_backends if rpc_backends
+        else None,
+        "health.timeout_s": timeout,
+    })
+    snapshot = asyncio.run(Fleet(state.plugins, settings).refresh())
+    if as_json:
+        emit_json(unstructure(snapshot))
+        return
+    show_fleet(snapshot)
+
+
+def show_fleet(snapshot: FleetSnapshot) -> None:
+    console = Console()
+    if snapshot.nodes:
+        console.print(render.nodes_table(snapshot))
+    else:
+        console.print("No nodes found. Name them with OLLAMA_NODES or RPC_BACKENDS (or "
+                      "\\[discovery] in the config file), and check `sollol plugins` for the "
+                      "backend plugins that find them.")
+    if snapshot.telemetry:
+        console.print(render.telemetry_table(snapshot.telemetry))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--url", help="Gateway to ask (default: the configured host and port).")
+@click.option("--api-key", help="Bearer token, if the gateway needs one.")
+@json_option
+@click.pass_obj
+def status(state: CliState, url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Show what a running gateway knows: nodes, health, machines and plugins."""
+    settings = state.settings()
+    gateway = settings.gateway
+    host = "127.0.0.1" if gateway.host in {"0.0.0.0", "::"} else gateway.host
+    base = (url or f"http://{host}:{gateway.port}").rstrip("/")
+    key = api_key or next(iter(gateway.api_keys), None)
+    try:
+        body = asyncio.run(_fetch_status(base, key))
+    except aiohttp.ClientError as exc:
+        fail(f"no SOLLOL gateway answers at {base} ({exc}); start one with `sollol serve`")
+    except TimeoutError:
+        fail(f"the gateway at {base} did not answer within 5 s")
+    if as_json:
+        emit_json(body)
+        return
+    show_fleet(structure(body["fleet"], FleetSnapshot))
+    Console().print(render.plugins_table(structure(body["plugins"], list[PluginInfo])))
+
+
+async def _fetch_status(base: str, api_key: str | None) -> Any:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session, \
+            session.get(f"{base}/api/sollol/status") as response:
+        if response.status == 401:
+            fail(f"the gateway at {base} wants an API key (--api-key or SOLLOL_API_KEYS)")
+        response.raise_for_status()
+        return await response.json()
+
+
+@cli.command(context_settings=CONTEXT)
+@json_option
+@click.pass_obj
+def plugins(state: CliState, as_json: bool) -> None:
+    """List installed plugins: version, hooks, and whether each is enabled or blocked."""
+    if as_json:
+        emit_json(unstructure(state.plugins.infos))
+        return
+    Console().print(render.plugins_table(state.plugins.infos))
+
+
+def _config_path_from(argv: Sequence[str]) -> str | None:
+    """``--config`` must be known before click parses, since it decides which plugins load."""
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    config_path = _config_path_from(args)
+    try:
+        settings = Settings.load(config_path=config_path)
+        loaded = Plugins.load(settings.plugins)
+    except ConfigError as exc:
+        fail("\n".join(exc.lines), code=2)
+    loaded.register_commands(cli)
+    state = CliState(config_path=config_path, plugins=loaded)
+    try:
+        cli.main(args=args, prog_name="sollol", obj=state, standalone_mode=True)
+    except ConfigError as exc:
+        fail("\n".join(exc.lines), code=2)

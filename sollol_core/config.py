@@ -1,0 +1,281 @@
+"""Settings from a TOML file, the environment and command-line flags.
+
+Precedence: flags > environment > file > defaults. Everything is checked when it is loaded; a bad
+value is a :class:`~sollol_core.errors.ConfigError` whose lines name the key, where the value came
+from and the expected form, before anything starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from attrs import field, frozen
+
+from sollol_core import convert
+from sollol_core.errors import ConfigError
+from sollol_core.types import split_host_port
+
+DEFAULT_PORT = 11435  # next to Ollama's 11434, so a local Ollama and SOLLOL never collide
+
+
+class InvalidSetting(ValueError):
+    """A validator's complaint about one attribute; ``key`` lets the message name it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _port(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 < value < 65536:
+        raise InvalidSetting(attribute.name, f"expected a port number 1-65535, got {value}")
+
+
+def _positive(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise InvalidSetting(attribute.name, f"expected a number above 0, got {value}")
+
+
+def _addresses(default_port: int) -> Any:
+    def check(_: Any, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+        for item in value:
+            try:
+                split_host_port(item, default_port=default_port)
+            except ValueError as exc:
+                raise InvalidSetting(
+                    attribute.name, f"expected host:port, got {item!r} ({exc})") from None
+
+    return check
+
+
+def _networks(_: Any, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise InvalidSetting(
+                attribute.name, f"expected a network in CIDR form like 127.0.0.0/24, got {item!r}"
+            ) from None
+
+
+def _names(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
+    for item in value or ():
+        if not item or any(c.isspace() for c in item):
+            raise InvalidSetting(attribute.name, f"expected plugin names, got {item!r}")
+
+
+@frozen
+class GatewaySettings:
+    """The HTTP gateway (``sollol serve``)."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=DEFAULT_PORT, validator=_port)
+    #: Bearer tokens accepted by the gateway; empty means no authentication.
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: int = field(default=32 * 1024 * 1024, validator=_positive)
+
+
+@frozen
+class PluginSettings:
+    """Which plugins load: ``disable`` blocks names; ``load``, when set, is an allow-list."""
+
+    disable: tuple[str, ...] = field(default=(), validator=_names)
+    load: tuple[str, ...] | None = field(default=None, validator=_names)
+
+
+@frozen
+class DiscoverySettings:
+    """Where to look for nodes. Backend plugins read the lists that concern their kind."""
+
+    ollama_nodes: tuple[str, ...] = field(default=(), validator=_addresses(11434))
+    rpc_backends: tuple[str, ...] = field(default=(), validator=_addresses(50052))
+    llamacpp_servers: tuple[str, ...] = field(default=(), validator=_addresses(8080))
+    #: Networks to sweep for nodes; empty (the default) means no sweep.
+    subnets: tuple[str, ...] = field(default=(), validator=_networks)
+    timeout_s: float = field(default=1.0, validator=_positive)
+
+
+@frozen
+class HealthSettings:
+    """The probe schedule."""
+
+    interval_s: float = field(default=5.0, validator=_positive)
+    timeout_s: float = field(default=2.0, validator=_positive)
+    #: A snapshot older than this counts as unknown.
+    stale_after_s: float = field(default=30.0, validator=_positive)
+
+
+@frozen
+class RoutingSettings:
+    """Request handling."""
+
+    max_attempts: int = field(default=3, validator=_positive)
+    request_timeout_s: float = field(default=300.0, validator=_positive)
+    first_token_timeout_s: float = field(default=60.0, validator=_positive)
+    queue_size: int = field(default=256, validator=_positive)
+
+
+@frozen
+class Settings:
+    gateway: GatewaySettings = field(factory=GatewaySettings)
+    plugins: PluginSettings = field(factory=PluginSettings)
+    discovery: DiscoverySettings = field(factory=DiscoverySettings)
+    health: HealthSettings = field(factory=HealthSettings)
+    routing: RoutingSettings = field(factory=RoutingSettings)
+
+    @classmethod
+    def load(cls, *, config_path: str | os.PathLike[str] | None = None,
+             environ: Mapping[str, str] | None = None,
+             flags: Mapping[str, Any] | None = None) -> Settings:
+        """Merge defaults, the TOML file, the environment and flags (dotted keys), then check."""
+        env = os.environ if environ is None else environ
+        layers: list[tuple[str, dict[str, Any]]] = []
+        path = config_path or env.get("SOLLOL_CONFIG")
+        if path:
+            layers.append((f"config file {path}", _read_toml(Path(path))))
+        for variable, key, value in _from_environment(env):
+            layers.append((variable, _nest({key: value})))
+        layers.append(("command line", _nest(flags or {})))
+        return _structure(layers)
+
+
+#: Environment variables and the setting each sets. The SOLLOL_ name wins over a legacy alias.
+ENVIRONMENT: dict[str, str] = {
+    "SOLLOL_HOST": "gateway.host",
+    "SOLLOL_PORT": "gateway.port",
+    "SOLLOL_API_KEYS": "gateway.api_keys",
+    "SOLLOL_MAX_BODY_BYTES": "gateway.max_body_bytes",
+    "SOLLOL_DISABLE_PLUGINS": "plugins.disable",
+    "SOLLOL_LOAD_PLUGINS": "plugins.load",
+    "SOLLOL_OLLAMA_NODES": "discovery.ollama_nodes",
+    "OLLAMA_NODES": "discovery.ollama_nodes",
+    "SOLLOL_RPC_BACKENDS": "discovery.rpc_backends",
+    "RPC_BACKENDS": "discovery.rpc_backends",
+    "SOLLOL_LLAMACPP_SERVERS": "discovery.llamacpp_servers",
+    "SOLLOL_SUBNETS": "discovery.subnets",
+    "SOLLOL_DISCOVERY_TIMEOUT": "discovery.timeout_s",
+    "SOLLOL_HEALTH_INTERVAL": "health.interval_s",
+    "SOLLOL_HEALTH_TIMEOUT": "health.timeout_s",
+    "SOLLOL_MAX_ATTEMPTS": "routing.max_attempts",
+    "SOLLOL_REQUEST_TIMEOUT": "routing.request_timeout_s",
+    "SOLLOL_FIRST_TOKEN_TIMEOUT": "routing.first_token_timeout_s",
+    "SOLLOL_QUEUE_SIZE": "routing.queue_size",
+}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path}: not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"config file {path}: is a directory, expected a TOML file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config file {path}: not valid TOML: {exc}"]) from None
+
+
+def _from_environment(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
+    """(variable, dotted key, parsed value) in the order to apply them."""
+    found: list[tuple[str, str, Any]] = []
+    problems: list[str] = []
+    # Legacy aliases first so that the SOLLOL_ name, applied later, wins.
+    for name in sorted(ENVIRONMENT, key=lambda n: n.startswith("SOLLOL_")):
+        if name not in env:
+            continue
+        key = ENVIRONMENT[name]
+        try:
+            found.append((name, key, _parse_text(env[name], _field_type(key))))
+        except ValueError as exc:
+            problems.append(f"{name}: {key}: {exc}, got {env[name]!r}")
+    if problems:
+        raise ConfigError(problems)
+    return found
+
+
+def _field_type(dotted: str) -> Any:
+    cls: Any = Settings
+    kind: Any = None
+    for part in dotted.split("."):
+        kind = typing.get_type_hints(cls)[part]
+        cls = kind
+    return kind
+
+
+def _parse_text(text: str, kind: Any) -> Any:
+    """An environment string to the type a setting expects."""
+    args = typing.get_args(kind)
+    if isinstance(kind, types.UnionType) and type(None) in args:  # "X | None"
+        kind = next(a for a in args if a is not type(None))
+        args = typing.get_args(kind)
+    if typing.get_origin(kind) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError("expected true or false")
+    if kind is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if kind is float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+    return text
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        if value is not None:
+            _set(tree, dotted, value)
+    return tree
+
+
+def _structure(layers: list[tuple[str, dict[str, Any]]]) -> Settings:
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    def merge(into: dict[str, Any], data: Mapping[str, Any], source: str, prefix: str) -> None:
+        for key, value in data.items():
+            dotted = f"{prefix}{key}"
+            origin.setdefault(dotted, source)
+            if isinstance(value, Mapping) and isinstance(into.get(key, {}), dict):
+                merge(into.setdefault(key, {}), value, source, f"{dotted}.")
+            else:
+                into[key] = value
+                origin[dotted] = source
+
+    for source, data in layers:
+        merge(merged, data, source, "")
+    try:
+        return convert.structure(merged, Settings)
+    except Exception as exc:
+        lines = []
+        for key, message in convert.error_lines(exc):
+            bare = key.split("[", 1)[0]
+            where = origin.get(bare) or next(
+                (s for k, s in origin.items() if k.startswith(f"{bare}.")), "settings")
+            lines.append(f"{where}: {key}: {message}")
+        raise ConfigError(lines or [str(exc)]) from None

@@ -1,0 +1,77 @@
+"""The one cattrs converter, used at every boundary: config, HTTP bodies, stored state.
+
+Strict on the way in: unknown keys are rejected (naming the key) and a value of the wrong type is
+an error, not a silent coercion (``"8000"`` is not an int, ``1`` is not a bool).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import cattrs
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+
+T = TypeVar("T")
+
+converter = cattrs.Converter(forbid_extra_keys=True)
+
+_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
+
+
+def _strict(kind: type) -> Any:
+    def structure(value: Any, _: Any) -> Any:
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise TypeError(f"expected {_NAMES[kind]}, got {value!r}")
+        return value
+
+    return structure
+
+
+for _kind in (bool, int, float, str):
+    converter.register_structure_hook(_kind, _strict(_kind))
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    return converter.structure(data, cls)
+
+
+def unstructure(obj: Any) -> Any:
+    return converter.unstructure(obj)
+
+
+def error_lines(exc: BaseException, path: str = "") -> list[tuple[str, str]]:
+    """Flatten a cattrs structuring error into ``(dotted.key, message)`` pairs a user can act on."""
+    found: list[tuple[str, str]] = []
+    if isinstance(exc, ForbiddenExtraKeysError):
+        for key in sorted(exc.extra_fields):
+            found.append((_join(path, key), "unknown key"))
+        return found
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        for sub in exc.exceptions:
+            sub_path = path
+            for note in getattr(sub, "__notes__", []):
+                if isinstance(note, AttributeValidationNote):
+                    sub_path = _join(path, note.name)
+                elif isinstance(note, IterableValidationNote):
+                    sub_path = f"{path}[{note.index}]"
+            found.extend(error_lines(sub, sub_path))
+        return found
+    key = getattr(exc, "key", None)  # validators name the attribute they reject
+    if isinstance(key, str):
+        return [(_join(path, key), str(exc))]
+    if isinstance(exc, KeyError):
+        return [(_join(path, str(exc.args[0])), "is required")]
+    return [(path or "value", str(exc))]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

@@ -1,0 +1,35 @@
+"""Exceptions that cross module boundaries, each with a message fit to show a user."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SollolError(Exception):
+    """Base of SOLLOL's own errors."""
+
+
+class ConfigError(SollolError):
+    """Bad settings: one line per problem, naming the key, its source and the expected form."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self.lines = tuple(lines)
+        super().__init__("\n".join(self.lines))
+
+
+class PluginError(SollolError):
+    """A plugin broke the hook contract (e.g. an ``async def`` firstresult implementation)."""
+
+
+class NoRouteError(SollolError):
+    """No policy could place the request (unknown model, no healthy node...)."""
+
+
+class BackendError(SollolError):
+    """A backend failed before its first chunk; the router may fail over to another node."""
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retryable: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable

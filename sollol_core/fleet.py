@@ -1,0 +1,98 @@
+"""The fleet: known endpoints and the latest snapshot of each, refreshed in the background.
+
+Discovery and probes run here, never on the request path; the router only reads
+:meth:`Fleet.snapshot`, which is a frozen value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from attrs import define, evolve, field
+
+from sollol_core.config import Settings
+from sollol_core.plugins import Plugins
+from sollol_core.types import Endpoint, FleetSnapshot, NodeSnapshot, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+@define
+class Fleet:
+    plugins: Plugins
+    settings: Settings
+    _endpoints: dict[str, Endpoint] = field(factory=dict)
+    _nodes: dict[str, NodeSnapshot] = field(factory=dict)
+    _telemetry: tuple[Telemetry, ...] = ()
+    _task: asyncio.Task[None] | None = None
+
+    def snapshot(self) -> FleetSnapshot:
+        """Frozen view for placement; snapshots older than ``stale_after_s`` are dropped."""
+        horizon = time.time() - self.settings.health.stale_after_s
+        nodes = tuple(n for n in self._nodes.values() if n.taken_at >= horizon)
+        return FleetSnapshot(nodes=nodes, telemetry=self._telemetry)
+
+    def add(self, endpoint: Endpoint) -> None:
+        """Track an endpoint that discovery would not find (e.g. one the Python API was given)."""
+        self._endpoints.setdefault(endpoint.key, endpoint)
+
+    def record(self, snapshot: NodeSnapshot) -> None:
+        """Replace what we know of one node (probes; executors after a request)."""
+        self._nodes[snapshot.endpoint.key] = snapshot
+
+    def adjust_in_flight(self, key: str, delta: int) -> None:
+        node = self._nodes.get(key)
+        if node is not None:
+            self._nodes[key] = evolve(node, in_flight=max(node.in_flight + delta, 0))
+
+    async def refresh(self) -> FleetSnapshot:
+        """Discover, probe every endpoint and collect telemetry, concurrently; then snapshot."""
+        for endpoint in await self.plugins.discover(self.settings):
+            self._endpoints.setdefault(endpoint.key, endpoint)
+        endpoints = list(self._endpoints.values())
+        results = await asyncio.gather(
+            *(self._probe(e) for e in endpoints),
+            self.plugins.collect_telemetry(self.settings),
+        )
+        *snapshots, telemetry = results
+        for snapshot in snapshots:
+            if snapshot is not None:
+                known = self._nodes.get(snapshot.endpoint.key)
+                # in-flight counts are ours, not the probe's: keep them across probes
+                in_flight = known.in_flight if known else snapshot.in_flight
+                self._nodes[snapshot.endpoint.key] = evolve(snapshot, in_flight=in_flight)
+        self._telemetry = tuple(telemetry)
+        return self.snapshot()
+
+    async def _probe(self, endpoint: Endpoint) -> NodeSnapshot | None:
+        timeout = self.settings.health.timeout_s
+        try:
+            return await asyncio.wait_for(self.plugins.probe(endpoint, self.settings), timeout)
+        except TimeoutError:
+            return NodeSnapshot.down(endpoint, f"no answer within {timeout:g} s")
+        except Exception as exc:  # a probe bug must not stop the schedule
+            log.warning("probe of %s failed: %r", endpoint.key, exc)
+            return NodeSnapshot.down(endpoint, f"probe failed: {exc!r}")
+
+    async def start(self) -> None:
+        """First refresh now, then every ``health.interval_s`` until :meth:`stop`."""
+        await self.refresh()
+        self._task = asyncio.create_task(self._run(), name="sollol-fleet-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health.interval_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("fleet refresh failed")

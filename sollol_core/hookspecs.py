@@ -1,0 +1,168 @@
+"""The hook specifications of SOLLOL: the whole contract between the core and its plugins.
+
+Conventions, as in pytest:
+
+* Every hook is named ``sollol_*`` and every argument is passed by keyword, so an implementation
+  may accept only the arguments it needs.
+* ``firstresult`` hooks stop at the first implementation that returns something other than
+  ``None``. They are plain functions: an implementation decides *synchronously* whether the call is
+  its business (return ``None`` if not). Where the answer needs I/O, it returns an awaitable that
+  the core awaits. The plugin manager refuses ``async def`` implementations of firstresult hooks,
+  because a coroutine is never ``None`` and would hide every later plugin.
+* Hooks that do I/O return awaitables (or ``None``); the core awaits them. Placement never does I/O.
+* Implementations are called from the core's event loop; they must not block it.
+
+The one caller of these hooks is :mod:`sollol_core.plugins`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from typing import Any
+
+import click
+import pluggy
+
+from sollol_core.config import Settings
+from sollol_core.types import (
+    Decision,
+    Endpoint,
+    FleetSnapshot,
+    InferenceRequest,
+    NodeSnapshot,
+    RequestRecord,
+    Telemetry,
+)
+
+PROJECT = "sollol"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: One streamed piece of a response, in Ollama's response shape (the last one has ``done: true``).
+Chunk = Mapping[str, Any]
+
+
+# -- discovery ---------------------------------------------------------------------------------
+
+
+@hookspec
+def sollol_discover(settings: Settings) -> Awaitable[Sequence[Endpoint]] | None:
+    """Find the endpoints of the backend kinds this plugin serves.
+
+    :param settings: the effective settings (file, environment and flags merged).
+
+    Called by ``sollol discover``, when the gateway starts and periodically after. Look in
+    configuration (``settings.discovery``), the environment and, if the user enabled it, the
+    network. Return an awaitable of endpoints, or ``None`` when there is nothing to look for. An
+    endpoint that several plugins return is kept once; failures are logged and do not stop other
+    plugins.
+    """
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sollol_probe(endpoint: Endpoint, settings: Settings) -> Awaitable[NodeSnapshot] | None:
+    """Probe one endpoint into a frozen :class:`~sollol_core.types.NodeSnapshot`.
+
+    :param endpoint: an endpoint some plugin discovered.
+    :param settings: the effective settings (timeouts are in ``settings.health``).
+
+    Called for every endpoint on the health schedule, never on the request path. firstresult:
+    return ``None`` at once for an endpoint of a kind you do not serve; otherwise an awaitable of
+    the snapshot. A probe reports failure as a snapshot (``Health.DOWN`` with a ``detail``), not as
+    an exception. The probe must be cheap: never run a completion.
+    """
+
+
+# -- telemetry ---------------------------------------------------------------------------------
+
+
+@hookspec
+def sollol_collect_telemetry(settings: Settings) -> Awaitable[Telemetry | None] | None:
+    """Measure this machine (or the machines this plugin can reach) for placement.
+
+    :param settings: the effective settings.
+
+    Called on the health schedule. Each telemetry plugin fills the fields it knows (device memory,
+    utilisation, CPU, RAM, process memory) and the core merges the reports per host. Return
+    ``None`` (or an awaitable of ``None``) when there is nothing to report, e.g. no GPU.
+    """
+
+
+# -- placement ---------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
+    """Choose where a request runs: one endpoint, or a shard plan over RPC workers.
+
+    :param request: the request to place (model, operation, priority, body).
+    :param fleet: a frozen snapshot of every known node and the latest telemetry.
+
+    Called once per attempt of every request, on the request path: it must be pure, synchronous
+    and fast, and do no I/O. firstresult: the first policy that returns a
+    :class:`~sollol_core.types.Decision` wins; return ``None`` to defer to the next policy. This is
+    where third-party policies plug in; the built-in default is registered ``trylast``. A decision
+    must name its policy and give a reason a person can read.
+    """
+
+
+# -- execution ---------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sollol_execute(
+    request: InferenceRequest, decision: Decision, settings: Settings
+) -> AsyncIterator[Chunk] | None:
+    """Run a placed request on the backend the decision names, streaming its response.
+
+    :param request: the request.
+    :param decision: where to run it (``decision.target`` or ``decision.plan``).
+    :param settings: the effective settings (timeouts are in ``settings.routing``).
+
+    Called after placement, once per attempt. firstresult: return ``None`` at once if the
+    decision's backend kind is not yours; otherwise an async iterator of chunks in Ollama's
+    response shape, relayed as they come (a non-streamed request gets one chunk). Raise
+    :class:`~sollol_core.errors.BackendError` before the first chunk to let the router fail over.
+    """
+
+
+# -- observation -------------------------------------------------------------------------------
+
+
+@hookspec
+def sollol_on_decision(decision: Decision, request: InferenceRequest) -> Awaitable[None] | None:
+    """Observe a routing decision as it is made (tracing, metrics, dashboard).
+
+    :param decision: the decision, with candidates, scores and reason.
+    :param request: the request it places.
+
+    Called for every decision, before execution starts. Must be quick; return an awaitable for
+    slow work. An observer's failure is logged and never fails the request.
+    """
+
+
+@hookspec
+def sollol_on_request_finished(record: RequestRecord) -> Awaitable[None] | None:
+    """Observe a finished request: duration, queue time, attempts, error.
+
+    :param record: what happened, with the decision that was used last.
+
+    Called once per request, successful or not, after the last chunk was sent. Same rules as
+    :func:`sollol_on_decision`.
+    """
+
+
+# -- registration ------------------------------------------------------------------------------
+
+
+@hookspec
+def sollol_register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``sollol`` command line (e.g. ``sollol llamacpp install``).
+
+    :param cli: the top-level click group.
+
+    Called once when the command line starts, after plugins are loaded.
+    """

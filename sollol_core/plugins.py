@@ -1,0 +1,199 @@
+"""The plugin manager: the only module that calls ``pm.hook.*``.
+
+Nothing is loaded when this module is imported. :meth:`Plugins.load` registers the built-in
+plugins, then the ``sollol`` entry points that the settings allow, then checks every
+implementation against :mod:`sollol_core.hookspecs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from typing import Any, Literal
+
+import click
+import pluggy
+from attrs import define, frozen
+
+from sollol_core import hookspecs
+from sollol_core.config import PluginSettings, Settings
+from sollol_core.errors import PluginError
+from sollol_core.hookspecs import Chunk
+from sollol_core.types import (
+    Decision,
+    Endpoint,
+    FleetSnapshot,
+    InferenceRequest,
+    NodeSnapshot,
+    RequestRecord,
+    Telemetry,
+)
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "sollol"
+
+#: Default plugins, registered like any other and blockable by these names.
+BUILTIN_PLUGINS: dict[str, str] = {
+    "builtin-placement": "sollol_core.builtin.placement",
+}
+
+PluginState = Literal["enabled", "blocked", "not allowed", "failed"]
+
+
+@frozen
+class PluginInfo:
+    """What ``sollol plugins`` shows for one plugin."""
+
+    name: str
+    state: PluginState
+    distribution: str = ""
+    version: str = ""
+    hooks: tuple[str, ...] = ()
+    error: str = ""
+
+
+@define
+class Plugins:
+    """A loaded set of plugins and typed, awaited calls to their hooks."""
+
+    pm: pluggy.PluginManager
+    infos: list[PluginInfo]
+
+    @classmethod
+    def empty(cls) -> Plugins:
+        """A manager with the hook specifications and no plugin at all (for tests and tools)."""
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        return cls(pm=pm, infos=[])
+
+    @classmethod
+    def load(cls, settings: PluginSettings | None = None, *,
+             extra: Iterable[tuple[str, object]] = ()) -> Plugins:
+        """Built-ins, then allowed entry points, then ``extra`` (name, plugin) pairs; checked."""
+        settings = settings or PluginSettings()
+        self = cls.empty()
+        blocked = set(settings.disable)
+        for name in blocked:
+            self.pm.set_blocked(name)
+        for name, module in BUILTIN_PLUGINS.items():
+            if name in blocked:
+                self.infos.append(PluginInfo(name=name, state="blocked", distribution="sollol-core"))
+                continue
+            self._register(name, importlib.import_module(module), "sollol-core", core_version())
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist else ""
+            version = ep.dist.version if ep.dist else ""
+            if ep.name in blocked:
+                self.infos.append(PluginInfo(ep.name, "blocked", dist, version))
+                continue
+            if settings.load is not None and ep.name not in settings.load:
+                self.infos.append(PluginInfo(ep.name, "not allowed", dist, version))
+                continue
+            if self.pm.has_plugin(ep.name):
+                continue  # the same distribution seen twice on sys.path
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not take the router down
+                log.warning("plugin %s failed to load: %s", ep.name, exc)
+                self.infos.append(PluginInfo(ep.name, "failed", dist, version, error=repr(exc)))
+                continue
+            self._register(ep.name, plugin, dist, version)
+        for name, plugin in extra:
+            if name not in blocked:
+                self._register(name, plugin, "", "")
+        self.pm.check_pending()
+        return self
+
+    def register(self, name: str, plugin: object) -> None:
+        """Add one plugin object after loading (tests, embedding applications)."""
+        self._register(name, plugin, "", "")
+        self.pm.check_pending()
+
+    def _register(self, name: str, plugin: object, dist: str, version: str) -> None:
+        self.pm.register(plugin, name=name)
+        impls = self.pm.get_hookcallers(plugin) or []
+        for caller in impls:
+            if caller.spec and caller.spec.opts.get("firstresult"):
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and inspect.iscoroutinefunction(impl.function):
+                        self.pm.unregister(plugin)
+                        raise PluginError(
+                            f"plugin {name}: {caller.name} is a firstresult hook and must be a "
+                            "plain function returning None or an awaitable, not 'async def'")
+        hooks = tuple(sorted(c.name for c in impls))
+        self.infos.append(PluginInfo(name, "enabled", dist, version, hooks))
+
+    # -- the hooks, one method each ------------------------------------------------------------
+
+    async def discover(self, settings: Settings) -> list[Endpoint]:
+        results = self.pm.hook.sollol_discover(settings=settings)
+        found: dict[str, Endpoint] = {}
+        for batch in await _gather_logged("sollol_discover", results):
+            for endpoint in batch or ():
+                found.setdefault(endpoint.key, endpoint)
+        return list(found.values())
+
+    async def probe(self, endpoint: Endpoint, settings: Settings) -> NodeSnapshot | None:
+        """The snapshot of the plugin that owns ``endpoint``'s kind; None if no plugin does."""
+        pending = self.pm.hook.sollol_probe(endpoint=endpoint, settings=settings)
+        if pending is None:
+            return None
+        snapshot: NodeSnapshot = await pending
+        return snapshot
+
+    async def collect_telemetry(self, settings: Settings) -> list[Telemetry]:
+        """Every plugin's report, merged per host."""
+        results = self.pm.hook.sollol_collect_telemetry(settings=settings)
+        merged: dict[str, Telemetry] = {}
+        for report in await _gather_logged("sollol_collect_telemetry", results):
+            if report is None:
+                continue
+            known = merged.get(report.host)
+            merged[report.host] = report if known is None else known.merged_with(report)
+        return list(merged.values())
+
+    def place(self, request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
+        decision: Decision | None = self.pm.hook.sollol_place(request=request, fleet=fleet)
+        return decision
+
+    def execute(self, request: InferenceRequest, decision: Decision,
+                settings: Settings) -> AsyncIterator[Chunk] | None:
+        stream: AsyncIterator[Chunk] | None = self.pm.hook.sollol_execute(
+            request=request, decision=decision, settings=settings)
+        return stream
+
+    async def notify_decision(self, decision: Decision, request: InferenceRequest) -> None:
+        results = self.pm.hook.sollol_on_decision(decision=decision, request=request)
+        await _gather_logged("sollol_on_decision", results)
+
+    async def notify_finished(self, record: RequestRecord) -> None:
+        results = self.pm.hook.sollol_on_request_finished(record=record)
+        await _gather_logged("sollol_on_request_finished", results)
+
+    def register_commands(self, cli: click.Group) -> None:
+        self.pm.hook.sollol_register_commands(cli=cli)
+
+
+async def _gather_logged(hook: str, results: Sequence[Any]) -> list[Any]:
+    """Await the awaitables among hook results; a failing plugin is logged and skipped."""
+    awaitables: list[Awaitable[Any]] = [r for r in results if inspect.isawaitable(r)]
+    plain = [r for r in results if r is not None and not inspect.isawaitable(r)]
+    done = await asyncio.gather(*awaitables, return_exceptions=True)
+    values = list(plain)
+    for value in done:
+        if isinstance(value, BaseException):
+            log.warning("%s: a plugin failed: %r", hook, value)
+        else:
+            values.append(value)
+    return values
+
+
+def core_version() -> str:
+    try:
+        return importlib.metadata.version("sollol-core")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,378 @@
+"""Domain value types shared by the core and every plugin.
+
+All of them are frozen attrs classes: a snapshot, a request or a decision never changes after it is
+made, so placement can be a pure function over them and observers can keep them without copying.
+Dumb ``__init__``; construction from raw input lives in named constructors (``Endpoint.parse``,
+``InferenceRequest.chat``...).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+
+class Health(enum.Enum):
+    """What a probe learnt about an endpoint."""
+
+    UP = "up"
+    DOWN = "down"
+    #: Reachable but serving someone else (an RPC worker held by a coordinator).
+    BUSY = "busy"
+    #: Reachable but speaking a protocol version we do not.
+    INCOMPATIBLE = "incompatible"
+
+
+class Role(enum.Enum):
+    """What an endpoint can do with a request."""
+
+    #: Runs a model whole and answers requests (an Ollama node, a plain llama-server).
+    NODE = "node"
+    #: Holds layers for a coordinator and answers no request itself (an RPC worker).
+    WORKER = "worker"
+
+
+class Operation(enum.Enum):
+    """The kinds of inference request the router places."""
+
+    CHAT = "chat"
+    GENERATE = "generate"
+    EMBED = "embed"
+
+
+def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """``"host:port"``, ``"[v6]:port"``, ``"http://host:port/"`` or a bare host -> (host, port).
+
+    Raises ValueError saying what is wrong (the caller names the text).
+    """
+    raw = text.strip()
+    if "://" in raw:
+        raw = raw.split("://", 1)[1]
+    raw = raw.rstrip("/")
+    if not raw:
+        raise ValueError("not host:port")
+    host, port_text = raw, ""
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            raise ValueError("not host:port")
+        host, rest = raw[1:end], raw[end + 1 :]
+        if rest.startswith(":"):
+            port_text = rest[1:]
+        elif rest:
+            raise ValueError("not host:port")
+    elif raw.count(":") == 1:
+        host, port_text = raw.split(":")
+    elif raw.count(":") > 1:
+        try:
+            ipaddress.IPv6Address(raw)  # a bare IPv6 address, no port
+        except ValueError:
+            raise ValueError("not host:port") from None
+    if not host:
+        raise ValueError("no host")
+    if port_text:
+        if not port_text.isdigit():
+            raise ValueError("the port is not a number")
+        port = int(port_text)
+    elif default_port is not None:
+        port = default_port
+    else:
+        raise ValueError("no port")
+    if not 0 < port < 65536:
+        raise ValueError("the port is outside 1-65535")
+    return host, port
+
+
+@frozen
+class Endpoint:
+    """One network address that serves one backend kind.
+
+    ``kind`` is owned by the plugin that understands it ("ollama", "llamacpp-rpc", ...): the core
+    never branches on it. ``source`` says how we learnt of it (config, env, network, ...).
+    """
+
+    kind: str
+    host: str
+    port: int
+    source: str = "config"
+
+    @classmethod
+    def parse(cls, kind: str, text: str, *, default_port: int | None = None,
+              source: str = "config") -> Endpoint:
+        host, port = split_host_port(text, default_port)
+        return cls(kind=kind, host=host, port=port, source=source)
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def key(self) -> str:
+        """Stable identity: kind and address (the source does not change who it is)."""
+        return f"{self.kind}://{self.address}"
+
+
+@frozen
+class DeviceMemory:
+    """Memory of one compute device of a node, as its backend reports it."""
+
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@frozen
+class ModelInfo:
+    """A model a node can serve; ``loaded`` when it already sits in memory."""
+
+    name: str
+    size_bytes: int = 0
+    loaded: bool = False
+    vram_bytes: int = 0
+
+
+@frozen
+class NodeSnapshot:
+    """What one probe saw of one endpoint at one moment."""
+
+    endpoint: Endpoint
+    health: Health
+    taken_at: float
+    role: Role = Role.NODE
+    latency_ms: float | None = None
+    version: str = ""
+    detail: str = ""
+    devices: tuple[DeviceMemory, ...] = ()
+    models: tuple[ModelInfo, ...] = ()
+    in_flight: int = 0
+    #: How many requests the node serves at once (Ollama's OLLAMA_NUM_PARALLEL, llama.cpp slots).
+    parallel: int = 1
+
+    @classmethod
+    def down(cls, endpoint: Endpoint, detail: str, *, taken_at: float | None = None) -> NodeSnapshot:
+        return cls(endpoint=endpoint, health=Health.DOWN, detail=detail,
+                   taken_at=time.time() if taken_at is None else taken_at)
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(d.free_bytes for d in self.devices)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(d.total_bytes for d in self.devices)
+
+    def holds(self, model: str) -> bool:
+        return any(same_model(m.name, model) for m in self.models)
+
+    def has_loaded(self, model: str) -> bool:
+        return any(m.loaded and same_model(m.name, model) for m in self.models)
+
+
+def same_model(a: str, b: str) -> bool:
+    """Ollama's naming rule: ``llama3.2`` and ``llama3.2:latest`` are one model."""
+
+    def norm(name: str) -> str:
+        last = name.rsplit("/", 1)[-1]
+        return name if ":" in last else f"{name}:latest"
+
+    return norm(a) == norm(b)
+
+
+@frozen
+class DeviceTelemetry:
+    """One accelerator (or the CPU seen as a device) on a machine."""
+
+    index: int
+    name: str
+    kind: str = "gpu"
+    memory_total_bytes: int | None = None
+    memory_free_bytes: int | None = None
+    utilisation_pct: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+@frozen
+class ProcessMemory:
+    """Memory one inference process holds (llama-server, rpc-server, ollama...)."""
+
+    pid: int
+    name: str
+    rss_bytes: int | None = None
+    gpu_bytes: int | None = None
+
+
+@frozen
+class Telemetry:
+    """Resources of one machine. Each telemetry plugin fills the fields it knows; the core merges."""
+
+    host: str
+    source: str
+    taken_at: float
+    cpu_count: int | None = None
+    load_1m: float | None = None
+    cpu_percent: float | None = None
+    ram_total_bytes: int | None = None
+    ram_free_bytes: int | None = None
+    devices: tuple[DeviceTelemetry, ...] = ()
+    processes: tuple[ProcessMemory, ...] = ()
+
+    def merged_with(self, other: Telemetry) -> Telemetry:
+        """Fields ``self`` lacks are taken from ``other``; devices and processes are joined."""
+        if other.host != self.host:
+            raise ValueError(f"cannot merge telemetry of {self.host} and {other.host}")
+        scalars = ("cpu_count", "load_1m", "cpu_percent", "ram_total_bytes", "ram_free_bytes")
+        values: dict[str, Any] = {
+            name: getattr(self, name) if getattr(self, name) is not None else getattr(other, name)
+            for name in scalars
+        }
+        return Telemetry(
+            host=self.host,
+            source=f"{self.source}+{other.source}",
+            taken_at=max(self.taken_at, other.taken_at),
+            devices=self.devices + other.devices,
+            processes=self.processes + other.processes,
+            **values,
+        )
+
+
+@frozen
+class FleetSnapshot:
+    """Everything placement may look at, frozen at one moment."""
+
+    nodes: tuple[NodeSnapshot, ...] = ()
+    telemetry: tuple[Telemetry, ...] = ()
+    taken_at: float = field(factory=time.time)
+
+    def healthy(self, role: Role | None = None) -> tuple[NodeSnapshot, ...]:
+        return tuple(n for n in self.nodes
+                     if n.health is Health.UP and (role is None or n.role is role))
+
+    def node(self, key: str) -> NodeSnapshot | None:
+        return next((n for n in self.nodes if n.endpoint.key == key), None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@frozen
+class InferenceRequest:
+    """One client request, parsed and validated, in Ollama's shape.
+
+    ``body`` is the request body as the client sent it (Ollama field names); treat it as read-only.
+    """
+
+    operation: Operation
+    model: str
+    body: Mapping[str, Any]
+    priority: int = 5
+    stream: bool = False
+    id: str = field(factory=new_request_id)
+    received_at: float = field(factory=time.time)
+
+    @classmethod
+    def chat(cls, model: str, messages: list[Mapping[str, Any]], *, priority: int = 5,
+             stream: bool = False, **fields: Any) -> InferenceRequest:
+        body = {"model": model, "messages": list(messages), "stream": stream, **fields}
+        return cls(operation=Operation.CHAT, model=model, body=body, priority=priority,
+                   stream=stream)
+
+    @classmethod
+    def generate(cls, model: str, prompt: str, *, priority: int = 5, stream: bool = False,
+                 **fields: Any) -> InferenceRequest:
+        body = {"model": model, "prompt": prompt, "stream": stream, **fields}
+        return cls(operation=Operation.GENERATE, model=model, body=body, priority=priority,
+                   stream=stream)
+
+    @classmethod
+    def embed(cls, model: str, input: str | list[str], *, priority: int = 5,
+              **fields: Any) -> InferenceRequest:
+        body = {"model": model, "input": input, **fields}
+        return cls(operation=Operation.EMBED, model=model, body=body, priority=priority)
+
+
+@frozen
+class Candidate:
+    """One node a policy considered, with its score (higher is better) and why."""
+
+    endpoint: Endpoint
+    score: float
+    note: str = ""
+
+
+@frozen
+class ShardPlan:
+    """A model split by layers over RPC workers, in the order the coordinator gets them."""
+
+    workers: tuple[Endpoint, ...]
+    tensor_split: tuple[float, ...]
+    layers: tuple[int, ...] = ()
+
+
+@frozen
+class Decision:
+    """Where one request runs and why. Made by a placement policy, seen by every observer."""
+
+    request_id: str
+    model: str
+    policy: str
+    reason: str
+    target: Endpoint | None = None
+    plan: ShardPlan | None = None
+    candidates: tuple[Candidate, ...] = ()
+    decided_at: float = field(factory=time.time)
+
+    @classmethod
+    def whole(cls, request: InferenceRequest, target: Endpoint, *, policy: str, reason: str,
+              candidates: tuple[Candidate, ...] = ()) -> Decision:
+        return cls(request_id=request.id, model=request.model, policy=policy, reason=reason,
+                   target=target, candidates=candidates)
+
+    @classmethod
+    def sharded(cls, request: InferenceRequest, plan: ShardPlan, *, policy: str, reason: str,
+                candidates: tuple[Candidate, ...] = ()) -> Decision:
+        return cls(request_id=request.id, model=request.model, policy=policy, reason=reason,
+                   plan=plan, candidates=candidates)
+
+    @classmethod
+    def refuse(cls, request: InferenceRequest, *, policy: str, reason: str,
+               candidates: tuple[Candidate, ...] = ()) -> Decision:
+        """No place for this request; ``reason`` tells the client why."""
+        return cls(request_id=request.id, model=request.model, policy=policy, reason=reason,
+                   candidates=candidates)
+
+    @property
+    def placed(self) -> bool:
+        return self.target is not None or self.plan is not None
+
+    @property
+    def backend(self) -> str:
+        """Short label of where it runs, for headers and logs."""
+        if self.plan is not None:
+            return "sharded:" + ",".join(w.address for w in self.plan.workers)
+        return self.target.key if self.target is not None else "none"
+
+
+@frozen
+class RequestRecord:
+    """One finished request, successful or not, as observers see it."""
+
+    request_id: str
+    model: str
+    operation: Operation
+    ok: bool
+    duration_ms: float
+    decision: Decision | None = None
+    error: str | None = None
+    queue_ms: float = 0.0
+    attempts: int = 1
+    first_chunk_ms: float | None = None
+    chunks: int = 0
