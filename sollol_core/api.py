@@ -1,4 +1,4 @@
-"""The Python API the original SOLLOL documented, async: ``OllamaPool``, ``HybridRouter``, ``Priority``.
+"""The original SOLLOL's Python API, async: ``OllamaPool``, ``HybridRouter``, ``Priority``.
 
 Both classes are thin fronts over one :class:`~sollol_core.router.Router`; the synchronous mirror
 is :mod:`sollol_core.sync`.
@@ -148,7 +148,8 @@ class HybridRouter:
                  layer_strategy: str = "memory_aware", settings: Settings | None = None,
                  plugins: Plugins | None = None) -> None:
         if layer_strategy not in {"memory_aware", "even"}:
-            raise ValueError(f"layer_strategy must be 'memory_aware' or 'even', got {layer_strategy!r}")
+            raise ValueError(
+                f"layer_strategy must be 'memory_aware' or 'even', got {layer_strategy!r}")
         if num_rpc_backends < 1:
             raise ValueError(f"num_rpc_backends must be at least 1, got {num_rpc_backends}")
         if ollama_pool is None:

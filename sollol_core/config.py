@@ -39,7 +39,7 @@ def _port(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
         raise InvalidSetting(attribute.name, f"expected a port number 1-65535, got {value}")
 
 
-def _positive(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise InvalidSetting(attribute.name, f"expected a number above 0, got {value}")
 

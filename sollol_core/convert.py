@@ -65,9 +65,9 @@ def error_lines(exc: BaseException, path: str = "") -> list[tuple[str, str]]:
                     sub_path = f"{path}[{note.index}]"
             found.extend(error_lines(sub, sub_path))
         return found
-    key = getattr(exc, "key", None)  # validators name the attribute they reject
-    if isinstance(key, str):
-        return [(_join(path, key), str(exc))]
+    named = getattr(exc, "key", None)  # validators name the attribute they reject
+    if isinstance(named, str):
+        return [(_join(path, named), str(exc))]
     if isinstance(exc, KeyError):
         return [(_join(path, str(exc.args[0])), "is required")]
     return [(path or "value", str(exc))]

@@ -53,11 +53,9 @@ class Fleet:
         for endpoint in await self.plugins.discover(self.settings):
             self._endpoints.setdefault(endpoint.key, endpoint)
         endpoints = list(self._endpoints.values())
-        results = await asyncio.gather(
-            *(self._probe(e) for e in endpoints),
-            self.plugins.collect_telemetry(self.settings),
-        )
-        *snapshots, telemetry = results
+        telemetry_task = asyncio.ensure_future(self.plugins.collect_telemetry(self.settings))
+        snapshots = await asyncio.gather(*(self._probe(e) for e in endpoints))
+        telemetry = await telemetry_task
         for snapshot in snapshots:
             if snapshot is not None:
                 known = self._nodes.get(snapshot.endpoint.key)

@@ -81,7 +81,7 @@ class Plugins:
             self.pm.set_blocked(name)
         for name, module in BUILTIN_PLUGINS.items():
             if name in blocked:
-                self.infos.append(PluginInfo(name=name, state="blocked", distribution="sollol-core"))
+                self.infos.append(PluginInfo(name, "blocked", "sollol-core"))
                 continue
             self._register(name, importlib.import_module(module), "sollol-core", core_version())
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -167,11 +167,19 @@ class Plugins:
         return stream
 
     async def notify_decision(self, decision: Decision, request: InferenceRequest) -> None:
-        results = self.pm.hook.sollol_on_decision(decision=decision, request=request)
+        try:
+            results = self.pm.hook.sollol_on_decision(decision=decision, request=request)
+        except Exception as exc:  # observers never fail a request
+            log.warning("sollol_on_decision: an observer failed: %r", exc)
+            return
         await _gather_logged("sollol_on_decision", results)
 
     async def notify_finished(self, record: RequestRecord) -> None:
-        results = self.pm.hook.sollol_on_request_finished(record=record)
+        try:
+            results = self.pm.hook.sollol_on_request_finished(record=record)
+        except Exception as exc:
+            log.warning("sollol_on_request_finished: an observer failed: %r", exc)
+            return
         await _gather_logged("sollol_on_request_finished", results)
 
     def register_commands(self, cli: click.Group) -> None:

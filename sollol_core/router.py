@@ -52,8 +52,9 @@ class Router:
     async def stop(self) -> None:
         await self.fleet.stop()
 
-    def decide(self, request: InferenceRequest, *, exclude: frozenset[str] = frozenset()) -> Decision:
-        """Ask the placement policies; ``exclude`` holds node keys already tried for this request."""
+    def decide(self, request: InferenceRequest, *,
+               exclude: frozenset[str] = frozenset()) -> Decision:
+        """Ask the placement policies; ``exclude`` holds the nodes this request already tried."""
         fleet = self.fleet.snapshot()
         if exclude:
             fleet = evolve(fleet, nodes=tuple(n for n in fleet.nodes

@@ -34,7 +34,8 @@ class _LoopThread:
 
     def run(self, coro: Awaitable[T]) -> T:
         if threading.current_thread() is self.thread:
-            raise RuntimeError("sollol_core.sync called from its own event loop; use sollol_core.api")
+            raise RuntimeError(
+                "sollol_core.sync called from its own event loop; use sollol_core.api")
 
         async def wrapped() -> T:
             return await coro

@@ -156,7 +156,8 @@ class NodeSnapshot:
     parallel: int = 1
 
     @classmethod
-    def down(cls, endpoint: Endpoint, detail: str, *, taken_at: float | None = None) -> NodeSnapshot:
+    def down(cls, endpoint: Endpoint, detail: str, *,
+             taken_at: float | None = None) -> NodeSnapshot:
         return cls(endpoint=endpoint, health=Health.DOWN, detail=detail,
                    taken_at=time.time() if taken_at is None else taken_at)
 
@@ -211,7 +212,7 @@ class ProcessMemory:
 
 @frozen
 class Telemetry:
-    """Resources of one machine. Each telemetry plugin fills the fields it knows; the core merges."""
+    """Resources of one machine: each telemetry plugin fills what it knows; the core merges."""
 
     host: str
     source: str

@@ -7,7 +7,14 @@ Registered ``trylast`` so that any installed policy is asked first; block it by 
 from __future__ import annotations
 
 from sollol_core.hookspecs import hookimpl
-from sollol_core.types import Candidate, Decision, FleetSnapshot, InferenceRequest, NodeSnapshot, Role
+from sollol_core.types import (
+    Candidate,
+    Decision,
+    FleetSnapshot,
+    InferenceRequest,
+    NodeSnapshot,
+    Role,
+)
 
 POLICY = "default"
 

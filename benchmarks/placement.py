@@ -1,0 +1,113 @@
+"""Benchmark: one routing decision through the plugin manager.
+
+Measures ``Plugins.place(request, fleet)`` -- the ``sollol_place`` hook call a request makes,
+answered by the built-in policy only -- on made-up fleets of 10, 100 and 1000 nodes. Each call is
+timed on its own with ``time.perf_counter_ns`` after a warm-up; p50, p99 and mean are reported in
+microseconds, printed as a table and written as JSON (``benchmarks/results/placement.json`` unless
+``--output`` says otherwise). Every size checks once that the decision is sane, so a broken policy
+cannot give a fast but wrong figure.
+
+The figures are compared with their targets in docs/benchmarks.md, not in tests: timings depend on
+the machine and would make the test suite flaky.
+
+    python benchmarks/placement.py [--quick] [--output PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sollol_core.config import PluginSettings
+from sollol_core.plugins import Plugins
+from sollol_core.testing import fleet, node
+from sollol_core.types import FleetSnapshot, Health, InferenceRequest
+
+SIZES = (10, 100, 1000)
+MODEL = "m"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "placement.json"
+
+
+def make_fleet(size: int) -> FleetSnapshot:
+    """``size`` nodes: most hold ``MODEL``, busy 0..3 of 4, 1..50 ms; a few lack it or are down."""
+    nodes = []
+    for i in range(size):
+        others = [f"other-{i % 5}", f"other-{(i + 2) % 7}"]
+        models = others if i % 9 == 4 else [MODEL, *others]
+        nodes.append(node(
+            f"n{i}", models=models, loaded=[MODEL] if i % 3 == 0 and MODEL in models else [],
+            in_flight=i % 4, parallel=4, latency_ms=float(1 + (i * 7) % 50),
+            health=Health.DOWN if i % 13 == 6 else Health.UP))
+    return fleet(*nodes)
+
+
+def check(plugins: Plugins, request: InferenceRequest, snapshot: FleetSnapshot) -> None:
+    decision = plugins.place(request, snapshot)
+    assert decision is not None and decision.target is not None, decision
+    chosen = snapshot.node(decision.target.key)
+    assert chosen is not None and chosen.health is Health.UP and chosen.holds(MODEL), decision
+
+
+def measure(plugins: Plugins, size: int, calls: int) -> dict[str, Any]:
+    snapshot = make_fleet(size)
+    request = InferenceRequest.chat(MODEL, [])
+    check(plugins, request, snapshot)
+    for _ in range(max(calls // 10, 5)):
+        plugins.place(request, snapshot)
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        for _ in range(calls):
+            start = clock()
+            plugins.place(request, snapshot)
+            samples.append(clock() - start)
+    finally:
+        gc.enable()
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    mean = statistics.fmean(samples)
+    return {"nodes": size, "calls": calls, "p50_us": round(cuts[49] / 1000, 2),
+            "p99_us": round(cuts[98] / 1000, 2), "mean_us": round(mean / 1000, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the JSON file")
+    args = parser.parse_args(argv)
+
+    calls = 200 if args.quick else 2000
+    # An empty allow-list: entry-point plugins stay out, the built-in policy answers alone.
+    plugins = Plugins.load(PluginSettings(load=()))
+    results = []
+    for size in SIZES:
+        print(f"placement: {size} nodes, {calls} calls...", file=sys.stderr, flush=True)
+        results.append(measure(plugins, size, calls))
+
+    print(f"{'nodes':>6} {'calls':>6} {'p50 us':>10} {'p99 us':>10} {'mean us':>10}")
+    for r in results:
+        print(f"{r['nodes']:>6} {r['calls']:>6} {r['p50_us']:>10.2f} {r['p99_us']:>10.2f} "
+              f"{r['mean_us']:>10.2f}")
+
+    report = {"benchmark": "placement", "python": platform.python_version(),
+              "machine": platform.machine(), "cpu_count": os.cpu_count(),
+              "date": datetime.now(UTC).isoformat(timespec="seconds"), "results": results}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(args.output)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""SOLLOL telemetry plugin: CPU, RAM and inference-process memory of this machine (psutil)."""

@@ -1,0 +1,232 @@
+"""Each hook, called through the plugin manager with real plugin objects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Sequence
+
+import click
+import pluggy
+import pytest
+from click.testing import CliRunner
+
+from sollol_core.config import PluginSettings, Settings
+from sollol_core.errors import PluginError
+from sollol_core.hookspecs import hookimpl
+from sollol_core.plugins import Plugins
+from sollol_core.router import Router
+from sollol_core.testing import Recorder, StaticBackend, fleet, node
+from sollol_core.types import (
+    Decision,
+    DeviceTelemetry,
+    Endpoint,
+    FleetSnapshot,
+    InferenceRequest,
+    Telemetry,
+)
+
+SETTINGS = Settings()
+
+
+def isolated(*extra: tuple[str, object]) -> Plugins:
+    """Built-ins and the given plugins only: installed entry points stay out of these tests."""
+    return Plugins.load(PluginSettings(load=()), extra=extra)
+
+
+class Finder:
+    def __init__(self, *addresses: str, fail: bool = False) -> None:
+        self.addresses, self.fail = addresses, fail
+
+    @hookimpl
+    def sollol_discover(self, settings: Settings) -> Awaitable[Sequence[Endpoint]]:
+        async def find() -> Sequence[Endpoint]:
+            if self.fail:
+                raise ConnectionError("network unreachable")
+            return [Endpoint.parse("x", a, source="test") for a in self.addresses]
+
+        return find()
+
+
+async def test_sollol_discover_joins_plugins_drops_duplicates_and_survives_a_failure() -> None:
+    plugins = isolated(("one", Finder("h1:1", "h2:2")), ("two", Finder("h2:2", "h3:3")),
+                                  ("broken", Finder(fail=True)))
+    found = await plugins.discover(SETTINGS)
+    assert sorted(e.address for e in found) == ["h1:1", "h2:2", "h3:3"]
+
+
+class Prober:
+    def __init__(self, kind: str, version: str) -> None:
+        self.kind, self.version = kind, version
+
+    @hookimpl
+    def sollol_probe(self, endpoint: Endpoint) -> Awaitable[object] | None:
+        if endpoint.kind != self.kind:
+            return None
+        snapshot = node(endpoint.host, kind=endpoint.kind)
+
+        async def probe() -> object:
+            from attrs import evolve
+            return evolve(snapshot, version=self.version)
+
+        return probe()
+
+
+async def test_sollol_probe_is_answered_by_the_plugin_that_owns_the_kind() -> None:
+    plugins = isolated(("a", Prober("alpha", "A1")), ("b", Prober("beta", "B1")))
+    alpha = await plugins.probe(Endpoint("alpha", "h", 1), SETTINGS)
+    beta = await plugins.probe(Endpoint("beta", "h", 1), SETTINGS)
+    assert alpha is not None and alpha.version == "A1"
+    assert beta is not None and beta.version == "B1"
+    assert await plugins.probe(Endpoint("gamma", "h", 1), SETTINGS) is None
+
+
+class Gauge:
+    def __init__(self, report: Telemetry | None) -> None:
+        self.report = report
+
+    @hookimpl
+    def sollol_collect_telemetry(self) -> Awaitable[Telemetry | None]:
+        async def measure() -> Telemetry | None:
+            return self.report
+
+        return measure()
+
+
+async def test_sollol_collect_telemetry_merges_reports_of_one_host() -> None:
+    now = time.time()
+    cpu = Telemetry(host="m1", source="cpu", taken_at=now, cpu_count=8, ram_total_bytes=64)
+    gpu = Telemetry(host="m1", source="gpu", taken_at=now,
+                    devices=(DeviceTelemetry(0, "GPU 0", memory_total_bytes=24),))
+    other = Telemetry(host="m2", source="cpu", taken_at=now, cpu_count=2)
+    plugins = isolated(("cpu-gauge", Gauge(cpu)), ("gpu", Gauge(gpu)),
+                                  ("remote", Gauge(other)), ("nothing", Gauge(None)))
+    reports = {r.host: r for r in await plugins.collect_telemetry(SETTINGS)}
+    assert set(reports) == {"m1", "m2"}
+    assert reports["m1"].cpu_count == 8
+    assert reports["m1"].devices[0].memory_total_bytes == 24
+    assert set(reports["m1"].source.split("+")) == {"cpu", "gpu"}
+
+
+class PinPolicy:
+    """Sends model m to node 'b'; has no opinion on other models."""
+
+    @hookimpl
+    def sollol_place(self, request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
+        if request.model != "m":
+            return None
+        target = next(n.endpoint for n in fleet.healthy() if n.endpoint.host == "b")
+        return Decision.whole(request, target, policy="pin", reason="m is pinned to b")
+
+
+def test_sollol_place_default_policy_prefers_the_idle_node() -> None:
+    snapshot = fleet(node("a", models=["m"], in_flight=3), node("b", models=["m"]),
+                     node("c", models=["other"]))
+    decision = isolated().place(InferenceRequest.chat("m", []), snapshot)
+    assert decision is not None and decision.target is not None
+    assert decision.target.host == "b"
+    assert decision.policy == "default"
+    assert [c.endpoint.host for c in decision.candidates] == ["b", "a"]
+
+
+def test_sollol_place_an_installed_policy_wins_and_can_defer() -> None:
+    snapshot = fleet(node("a", models=["m", "n"]), node("b", models=["m", "n"], in_flight=3))
+    plugins = isolated(("pin", PinPolicy()))
+    pinned = plugins.place(InferenceRequest.chat("m", []), snapshot)
+    deferred = plugins.place(InferenceRequest.chat("n", []), snapshot)
+    assert pinned is not None and pinned.policy == "pin" and pinned.target.host == "b"
+    assert deferred is not None and deferred.policy == "default" and deferred.target.host == "a"
+
+
+def test_sollol_place_refuses_a_model_no_node_holds() -> None:
+    decision = isolated().place(InferenceRequest.chat("ghost", []),
+                                    fleet(node("a", models=["m"])))
+    assert decision is not None and not decision.placed
+    assert "ghost" in decision.reason
+
+
+async def test_sollol_execute_runs_on_the_backend_that_owns_the_target() -> None:
+    backend = StaticBackend([node("a", models=["m"])])
+    plugins = isolated(("static", backend))
+    request = InferenceRequest.generate("m", "hi")
+    decision = Decision.whole(request, backend.nodes[0].endpoint, policy="t", reason="t")
+    stream = plugins.execute(request, decision, SETTINGS)
+    assert stream is not None
+    chunks = [c async for c in stream]
+    assert chunks[-1]["response"] == "answered by a" and chunks[-1]["done"] is True
+    foreign = Decision.whole(request, Endpoint("ollama", "a", 1), policy="t", reason="t")
+    assert plugins.execute(request, foreign, SETTINGS) is None
+
+
+class Explodes:
+    """An observer with bugs: one hook raises at once, the other from its awaitable."""
+
+    @hookimpl
+    def sollol_on_decision(self) -> None:
+        raise RuntimeError("observer bug")
+
+    @hookimpl
+    def sollol_on_request_finished(self) -> Awaitable[None]:
+        async def fail() -> None:
+            raise RuntimeError("exporter down")
+
+        return fail()
+
+
+async def test_sollol_on_decision_and_on_request_finished_see_every_request() -> None:
+    recorder = Recorder()
+    backend = StaticBackend([node("a", models=["m"])])
+    router = Router.create(SETTINGS, isolated(("static", backend),
+                                                         ("recorder", recorder)))
+    await router.fleet.refresh()
+    _, routing = await router.run(InferenceRequest.chat("m", []))
+    assert routing.node == "a:11434"
+    assert [d.target.host for d in recorder.decisions] == ["a"]
+    (record,) = recorder.finished
+    assert record.ok and record.decision == recorder.decisions[0] and record.chunks == 1
+
+
+async def test_a_failing_observer_does_not_fail_the_request() -> None:
+    backend = StaticBackend([node("a", models=["m"])])
+    router = Router.create(SETTINGS, isolated(("static", backend), ("flaky", Explodes())))
+    await router.fleet.refresh()
+    chunks, routing = await router.run(InferenceRequest.chat("m", []))
+    assert chunks[-1]["message"]["content"] == "answered by a"
+    assert routing.node == "a:11434"
+
+
+class Commands:
+    @hookimpl
+    def sollol_register_commands(self, cli: click.Group) -> None:
+        @cli.command()
+        def hello() -> None:
+            """Say hello from a plugin."""
+            click.echo("hello from a plugin")
+
+
+def test_sollol_register_commands_adds_a_subcommand() -> None:
+    group = click.Group("sollol")
+    isolated(("cmds", Commands())).register_commands(group)
+    result = CliRunner().invoke(group, ["hello"])
+    assert result.exit_code == 0 and result.output == "hello from a plugin\n"
+
+
+class AsyncPlacement:
+    @hookimpl
+    async def sollol_place(self) -> None:
+        return None
+
+
+def test_async_firstresult_implementations_are_refused() -> None:
+    with pytest.raises(PluginError, match="sollol_place is a firstresult hook"):
+        isolated(("bad", AsyncPlacement()))
+
+
+class Misspelt:
+    @hookimpl
+    def sollol_plac(self) -> None:
+        return None
+
+
+def test_unknown_sollol_hooks_are_refused_by_check_pending() -> None:
+    with pytest.raises(pluggy.PluginValidationError, match="sollol_plac"):
+        isolated(("typo", Misspelt()))
