@@ -6,6 +6,7 @@ an error, not a silent coercion (``"8000"`` is not an int, ``1`` is not a bool).
 
 from __future__ import annotations
 
+import typing
 from typing import Any, TypeVar
 
 import cattrs
@@ -38,6 +39,32 @@ def _strict(kind: type) -> Any:
 
 for _kind in (bool, int, float, str):
     converter.register_structure_hook(_kind, _strict(_kind))
+
+
+def _is_sequence_type(kind: Any) -> bool:
+    return typing.get_origin(kind) in (tuple, list)
+
+
+def _strict_sequence(kind: Any) -> Any:
+    """Lists and ``tuple[X, ...]`` from a JSON/TOML array only: a string is not a list of names."""
+    (item, *rest) = typing.get_args(kind) or (Any,)
+    build = typing.get_origin(kind)
+
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"expected a list, got {value!r}")
+        items = []
+        for index, element in enumerate(value):
+            try:
+                items.append(converter.structure(element, item))
+            except Exception as exc:
+                raise TypeError(f"item {index}: {exc}") from None
+        return build(items)
+
+    return structure
+
+
+converter.register_structure_hook_factory(_is_sequence_type, _strict_sequence)
 
 
 def structure(data: Any, cls: type[T]) -> T:
