@@ -47,7 +47,7 @@ def _is_sequence_type(kind: Any) -> bool:
 
 def _strict_sequence(kind: Any) -> Any:
     """Lists and ``tuple[X, ...]`` from a JSON/TOML array only: a string is not a list of names."""
-    (item, *rest) = typing.get_args(kind) or (Any,)
+    item = (typing.get_args(kind) or (Any,))[0]
     build = typing.get_origin(kind)
 
     def structure(value: Any, _: Any) -> Any:

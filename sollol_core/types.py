@@ -9,6 +9,7 @@ Dumb ``__init__``; construction from raw input lives in named constructors (``En
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import time
 import uuid
@@ -169,21 +170,30 @@ class NodeSnapshot:
     def total_bytes(self) -> int:
         return sum(d.total_bytes for d in self.devices)
 
+    @functools.cached_property
+    def _model_keys(self) -> dict[str, bool]:
+        """Normalised model name -> loaded; computed once per snapshot, read on every decision."""
+        keys: dict[str, bool] = {}
+        for m in self.models:
+            keys[model_key(m.name)] = keys.get(model_key(m.name), False) or m.loaded
+        return keys
+
     def holds(self, model: str) -> bool:
-        return any(same_model(m.name, model) for m in self.models)
+        return model_key(model) in self._model_keys
 
     def has_loaded(self, model: str) -> bool:
-        return any(m.loaded and same_model(m.name, model) for m in self.models)
+        return self._model_keys.get(model_key(model), False)
+
+
+@functools.lru_cache(maxsize=4096)
+def model_key(name: str) -> str:
+    """Ollama's naming rule: ``llama3.2`` and ``llama3.2:latest`` are one model."""
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
 
 
 def same_model(a: str, b: str) -> bool:
-    """Ollama's naming rule: ``llama3.2`` and ``llama3.2:latest`` are one model."""
-
-    def norm(name: str) -> str:
-        last = name.rsplit("/", 1)[-1]
-        return name if ":" in last else f"{name}:latest"
-
-    return norm(a) == norm(b)
+    return model_key(a) == model_key(b)
 
 
 @frozen

@@ -59,7 +59,7 @@ async def test_fails_over_before_the_first_chunk_and_never_twice_to_one_node() -
 async def test_when_every_node_fails_the_error_lists_each_attempt() -> None:
     recorder = Recorder()
     async with OllamaPool(plugins=plugins(two_nodes(a=5, b=5), ("rec", recorder))) as pool:
-        with pytest.raises(BackendError, match="a refused.*b refused"):
+        with pytest.raises(BackendError, match=r"a refused.*b refused"):
             await pool.chat("llama3.2", [])
     assert [r.ok for r in recorder.finished] == [False]
 

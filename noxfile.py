@@ -1,0 +1,51 @@
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s demo`.
+
+Each session installs the core and every plugin, editable, from requirements-dev.txt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+ROOT = Path(__file__).parent
+PLUGIN_SOURCES = sorted(str(p) for p in ROOT.glob("plugins/*/src"))
+
+
+def install(session: nox.Session) -> None:
+    session.install("-r", "requirements-dev.txt")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Every test of the core and the plugins (llama.cpp tests included, never skipped)."""
+    install(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over everything; mypy --strict over the core and each plugin."""
+    install(session)
+    session.run("ruff", "check", ".")
+    session.run("mypy")
+    for source in PLUGIN_SOURCES:
+        session.run("mypy", "--strict", source)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks; figures go to benchmarks/results/ (compare with docs/benchmarks.md)."""
+    install(session)
+    session.run("python", "benchmarks/placement.py", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: discover the local fleet and show it."""
+    install(session)
+    session.run("sollol", "discover")
