@@ -10,6 +10,7 @@ import typing
 from typing import Any, TypeVar
 
 import cattrs
+from cattrs.gen import make_dict_structure_fn
 from cattrs.errors import (
     AttributeValidationNote,
     ClassValidationError,
@@ -69,6 +70,24 @@ converter.register_structure_hook_factory(_is_sequence_type, _strict_sequence)
 
 def structure(data: Any, cls: type[T]) -> T:
     return converter.structure(data, cls)
+
+
+_lenient: dict[type, Any] = {}
+
+
+def structure_lenient(data: Any, cls: type[T]) -> T:
+    """Like :func:`structure`, but keys ``cls`` does not know are ignored, not rejected.
+
+    For bodies of APIs that promise to ignore unknown fields (Ollama's, OpenAI's): the known
+    fields are still checked strictly.
+    """
+    hook = _lenient.get(cls)
+    if hook is None:
+        hook = _lenient[cls] = make_dict_structure_fn(
+            cls, converter, _cattrs_forbid_extra_keys=False)
+    if not isinstance(data, dict):
+        raise TypeError(f"expected an object, got {data!r}")
+    return hook(data, cls)  # type: ignore[no-any-return]
 
 
 def unstructure(obj: Any) -> Any:

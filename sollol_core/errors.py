@@ -33,3 +33,11 @@ class BackendError(SollolError):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+
+
+class QueueFullError(SollolError):
+    """Every candidate is at capacity and the wait queue is full."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -40,11 +40,15 @@ class Role(enum.Enum):
 
 
 class Operation(enum.Enum):
-    """The kinds of inference request the router places."""
+    """The kinds of request the router places (named after Ollama's endpoints)."""
 
     CHAT = "chat"
     GENERATE = "generate"
     EMBED = "embed"
+    #: The legacy ``/api/embeddings``: one ``prompt``, one unnormalised ``embedding``.
+    EMBEDDINGS = "embeddings"
+    #: ``/api/show``: model details, answered by a node that holds the model.
+    SHOW = "show"
 
 
 def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -131,12 +135,22 @@ class DeviceMemory:
 
 @frozen
 class ModelInfo:
-    """A model a node can serve; ``loaded`` when it already sits in memory."""
+    """A model a node can serve; ``loaded`` when it already sits in memory.
+
+    The optional fields carry what Ollama's ``/api/tags`` and ``/api/ps`` say, so the gateway can
+    list the fleet's models in the same shape.
+    """
 
     name: str
     size_bytes: int = 0
     loaded: bool = False
     vram_bytes: int = 0
+    digest: str = ""
+    modified_at: str = ""
+    expires_at: str = ""
+    context_length: int = 0
+    details: dict[str, Any] = field(factory=dict)
+    capabilities: tuple[str, ...] = ()
 
 
 @frozen

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from sollol_core.convert import unstructure
+from sollol_core.gateway import openai
 from sollol_core.plugins import core_version
 from sollol_core.router import Router
 
@@ -29,6 +30,7 @@ def create_app(router: Router) -> web.Application:
     app.router.add_get("/health", _root)
     app.router.add_get("/api/version", _version)
     app.router.add_get("/api/sollol/status", _status)
+    openai.add_routes(app)
     return app
 
 
