@@ -98,6 +98,8 @@ class DiscoverySettings:
     ollama_nodes: tuple[str, ...] = field(default=(), validator=_addresses(11434))
     rpc_backends: tuple[str, ...] = field(default=(), validator=_addresses(50052))
     llamacpp_servers: tuple[str, ...] = field(default=(), validator=_addresses(8080))
+    #: Requests each Ollama node serves at once: its OLLAMA_NUM_PARALLEL (Ollama's default is 1).
+    ollama_parallel: int = field(default=1, validator=_positive)
     #: Networks to sweep for nodes; empty (the default) means no sweep.
     subnets: tuple[str, ...] = field(default=(), validator=_networks)
     timeout_s: float = field(default=1.0, validator=_positive)
@@ -121,6 +123,8 @@ class RoutingSettings:
     request_timeout_s: float = field(default=300.0, validator=_positive)
     first_token_timeout_s: float = field(default=60.0, validator=_positive)
     queue_size: int = field(default=256, validator=_positive)
+    #: Priority levels a waiting request gains per second, so low priority never starves.
+    aging_per_s: float = field(default=0.5, validator=_positive)
 
 
 @frozen
@@ -168,6 +172,8 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_REQUEST_TIMEOUT": "routing.request_timeout_s",
     "SOLLOL_FIRST_TOKEN_TIMEOUT": "routing.first_token_timeout_s",
     "SOLLOL_QUEUE_SIZE": "routing.queue_size",
+    "SOLLOL_PRIORITY_AGING": "routing.aging_per_s",
+    "SOLLOL_OLLAMA_PARALLEL": "discovery.ollama_parallel",
 }
 
 

@@ -10,7 +10,6 @@ import typing
 from typing import Any, TypeVar
 
 import cattrs
-from cattrs.gen import make_dict_structure_fn
 from cattrs.errors import (
     AttributeValidationNote,
     ClassValidationError,
@@ -18,6 +17,7 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
+from cattrs.gen import make_dict_structure_fn
 
 T = TypeVar("T")
 

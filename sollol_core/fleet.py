@@ -15,6 +15,7 @@ from attrs import define, evolve, field
 
 from sollol_core.config import Settings
 from sollol_core.plugins import Plugins
+from sollol_core.stats import PerformanceBook
 from sollol_core.types import Endpoint, FleetSnapshot, NodeSnapshot, Telemetry
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,14 @@ class Fleet:
     _nodes: dict[str, NodeSnapshot] = field(factory=dict)
     _telemetry: tuple[Telemetry, ...] = ()
     _task: asyncio.Task[None] | None = None
+    performance: PerformanceBook = field(factory=PerformanceBook)
 
     def snapshot(self) -> FleetSnapshot:
         """Frozen view for placement; snapshots older than ``stale_after_s`` are dropped."""
         horizon = time.time() - self.settings.health.stale_after_s
         nodes = tuple(n for n in self._nodes.values() if n.taken_at >= horizon)
-        return FleetSnapshot(nodes=nodes, telemetry=self._telemetry)
+        return FleetSnapshot(nodes=nodes, telemetry=self._telemetry,
+                             performance=self.performance.snapshot())
 
     def add(self, endpoint: Endpoint) -> None:
         """Track an endpoint that discovery would not find (e.g. one the Python API was given)."""

@@ -1,7 +1,8 @@
-"""The request path: placement, observation, execution and fail-over. No HTTP here.
+"""The request path: admission, placement, observation, execution and fail-over. No HTTP here.
 
 :meth:`Router.open` places a request and waits for its first chunk, failing over to the next-best
-node while nothing has been sent; the returned :class:`Reply` then relays the rest.
+node while nothing has been sent; the returned :class:`Reply` then relays the rest. A request
+whose chosen node is at capacity waits in the :class:`~sollol_core.queue.AdmissionQueue`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from typing import Any
 
 from attrs import define, evolve, field, frozen
 
+from sollol_core.breaker import Breakers
 from sollol_core.config import Settings
 from sollol_core.errors import BackendError, NoRouteError
 from sollol_core.fleet import Fleet
 from sollol_core.hookspecs import Chunk
 from sollol_core.plugins import Plugins
+from sollol_core.queue import AdmissionQueue
 from sollol_core.types import Decision, InferenceRequest, RequestRecord
+
+#: How often a queued request re-checks capacity even without a release (probes change it too).
+RECHECK_S = 0.5
 
 
 @frozen
@@ -39,12 +45,16 @@ class Router:
     plugins: Plugins
     settings: Settings
     fleet: Fleet
+    queue: AdmissionQueue
+    breakers: Breakers = field(factory=Breakers)
 
     @classmethod
     def create(cls, settings: Settings, plugins: Plugins | None = None) -> Router:
         """Load plugins (unless given) and build the fleet; nothing runs until :meth:`start`."""
         plugins = plugins or Plugins.load(settings.plugins)
-        return cls(plugins=plugins, settings=settings, fleet=Fleet(plugins, settings))
+        return cls(plugins=plugins, settings=settings, fleet=Fleet(plugins, settings),
+                   queue=AdmissionQueue(settings.routing.queue_size,
+                                        settings.routing.aging_per_s))
 
     async def start(self) -> None:
         await self.fleet.start()
@@ -54,15 +64,37 @@ class Router:
 
     def decide(self, request: InferenceRequest, *,
                exclude: frozenset[str] = frozenset()) -> Decision:
-        """Ask the placement policies; ``exclude`` holds the nodes this request already tried."""
+        """Ask the placement policies; nodes in ``exclude`` or behind an open circuit are hidden."""
         fleet = self.fleet.snapshot()
-        if exclude:
+        hidden = exclude | self.breakers.blocked(time.monotonic())
+        if hidden:
             fleet = evolve(fleet, nodes=tuple(n for n in fleet.nodes
-                                              if n.endpoint.key not in exclude))
+                                              if n.endpoint.key not in hidden))
         decision = self.plugins.place(request, fleet)
         if decision is None:
             raise NoRouteError("no placement policy is enabled (is builtin-placement blocked?)")
         return decision
+
+    def _at_capacity(self, decision: Decision) -> bool:
+        if decision.target is None:
+            return False
+        node = self.fleet.snapshot().node(decision.target.key)
+        return node is not None and node.in_flight >= node.parallel
+
+    async def _admit(self, request: InferenceRequest, tried: frozenset[str],
+                     started: float) -> tuple[Decision, float]:
+        """A decision whose node has room, waiting in the queue while it has none."""
+        enqueued: float | None = None
+        while True:
+            decision = self.decide(request, exclude=tried)
+            busy = self._at_capacity(decision) or (enqueued is None and len(self.queue) > 0)
+            if not decision.placed or not busy:
+                return decision, 0.0 if enqueued is None else time.monotonic() - enqueued
+            enqueued = enqueued or time.monotonic()
+            left = started + self.settings.routing.request_timeout_s - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            await self.queue.wait(request.priority, enqueued, timeout=min(RECHECK_S, left))
 
     async def open(self, request: InferenceRequest) -> Reply:
         """Place and start a request; returns once its first chunk is in hand."""
@@ -70,25 +102,30 @@ class Router:
         tried: set[str] = set()
         failures: list[str] = []
         decision: Decision | None = None
+        queued_s = 0.0
         for attempt in range(1, self.settings.routing.max_attempts + 1):
             try:
-                decision = self.decide(request, exclude=frozenset(tried))
-            except NoRouteError as exc:
-                await self._finish_failed(request, decision, started, attempt - 1, str(exc))
+                decision, waited = await self._admit(request, frozenset(tried), started)
+            except Exception as exc:
+                await self._finish_failed(request, decision, started, attempt - 1,
+                                          _describe(exc), queued_s)
                 raise
+            queued_s += waited
             await self.plugins.notify_decision(decision, request)
             if not decision.placed:
                 reason = decision.reason
                 if failures:
                     reason = f"{reason}; earlier attempts: {'; '.join(failures)}"
-                await self._finish_failed(request, decision, started, attempt, reason)
-                raise NoRouteError(reason) if not failures else BackendError(reason)
+                await self._finish_failed(request, decision, started, attempt, reason, queued_s)
+                raise BackendError(reason) if failures else NoRouteError(reason)
             stream = self.plugins.execute(request, decision, self.settings)
             if stream is None:
                 reason = f"no plugin can run requests on {decision.backend}"
-                await self._finish_failed(request, decision, started, attempt, reason)
+                await self._finish_failed(request, decision, started, attempt, reason, queued_s)
                 raise NoRouteError(reason)
             key = decision.target.key if decision.target else decision.backend
+            breaker = self.breakers.of(key)
+            breaker.started()
             self.fleet.adjust_in_flight(key, +1)
             try:
                 first = await asyncio.wait_for(
@@ -96,18 +133,30 @@ class Router:
             except StopAsyncIteration:
                 first = None
             except (BackendError, OSError, TimeoutError) as exc:
-                self.fleet.adjust_in_flight(key, -1)
+                self._release(key)
+                breaker.record(False, time.monotonic())
                 tried.add(key)
                 failures.append(f"{decision.backend}: {_describe(exc)}")
+                await _close_quietly(stream)
                 if isinstance(exc, BackendError) and not exc.retryable:
-                    await self._finish_failed(request, decision, started, attempt, failures[-1])
+                    await self._finish_failed(request, decision, started, attempt,
+                                              failures[-1], queued_s)
                     raise
                 continue
+            except BaseException:
+                self._release(key)
+                await _close_quietly(stream)
+                raise
             return Reply(router=self, request=request, decision=decision, stream=stream,
-                         first=first, attempts=attempt, started=started, node_key=key)
+                         first=first, attempts=attempt, started=started, node_key=key,
+                         queue_ms=queued_s * 1000)
         reason = f"all {len(failures)} attempts failed: {'; '.join(failures)}"
-        await self._finish_failed(request, decision, started, len(failures), reason)
+        await self._finish_failed(request, decision, started, len(failures), reason, queued_s)
         raise BackendError(reason)
+
+    def _release(self, key: str) -> None:
+        self.fleet.adjust_in_flight(key, -1)
+        self.queue.release()
 
     async def run(self, request: InferenceRequest) -> tuple[list[Chunk], Routing]:
         """Run a request to the end and return every chunk with where it ran."""
@@ -116,11 +165,11 @@ class Router:
         return chunks, reply.routing()
 
     async def _finish_failed(self, request: InferenceRequest, decision: Decision | None,
-                             started: float, attempts: int, error: str) -> None:
+                             started: float, attempts: int, error: str, queued_s: float) -> None:
         await self.plugins.notify_finished(RequestRecord(
             request_id=request.id, model=request.model, operation=request.operation, ok=False,
             duration_ms=(time.monotonic() - started) * 1000, decision=decision, error=error,
-            attempts=attempts))
+            attempts=attempts, queue_ms=queued_s * 1000))
 
 
 @define
@@ -135,6 +184,7 @@ class Reply:
     attempts: int
     started: float
     node_key: str
+    queue_ms: float = 0.0
     first_chunk_ms: float = field(init=False)
     _done: bool = False
 
@@ -149,41 +199,64 @@ class Reply:
             reason=self.decision.reason,
             policy=self.decision.policy,
             duration_ms=round((time.monotonic() - self.started) * 1000, 3),
-            queue_ms=0.0,
+            queue_ms=round(self.queue_ms, 3),
             attempts=self.attempts,
         )
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         chunks = 0
         error: str | None = None
+        last: Chunk | None = None
+        deadline = self.started + self.router.settings.routing.request_timeout_s
         try:
             if self.first is not None:
-                chunks += 1
+                chunks, last = 1, self.first
                 yield self.first
-            async for chunk in self.stream:
-                chunks += 1
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(anext(self.stream),
+                                                   max(deadline - time.monotonic(), 0.001))
+                except StopAsyncIteration:
+                    break
+                chunks, last = chunks + 1, chunk
                 yield chunk
         except BaseException as exc:
-            error = _describe(exc)
+            error = _describe(exc) if not isinstance(exc, TimeoutError) else (
+                f"the request ran longer than {self.router.settings.routing.request_timeout_s:g} s")
+            if isinstance(exc, TimeoutError):
+                raise BackendError(error, retryable=False) from None
             raise
         finally:
-            await self.close(chunks, error)
+            await self.close(chunks, error, last)
 
-    async def close(self, chunks: int = 0, error: str | None = None) -> None:
+    async def close(self, chunks: int = 0, error: str | None = None,
+                    last: Chunk | None = None) -> None:
         """Release the node and report the request finished (once)."""
         if self._done:
             return
         self._done = True
-        closer: Any = getattr(self.stream, "aclose", None)
-        if closer is not None:
-            await closer()
-        self.router.fleet.adjust_in_flight(self.node_key, -1)
-        await self.router.plugins.notify_finished(RequestRecord(
+        await _close_quietly(self.stream)
+        router = self.router
+        router._release(self.node_key)
+        duration_ms = (time.monotonic() - self.started) * 1000
+        router.breakers.of(self.node_key).record(error is None, time.monotonic())
+        if error is None:
+            router.fleet.performance.record(self.node_key, self.request.model,
+                                            duration_ms - self.queue_ms, last)
+        await router.plugins.notify_finished(RequestRecord(
             request_id=self.request.id, model=self.request.model,
-            operation=self.request.operation, ok=error is None,
-            duration_ms=(time.monotonic() - self.started) * 1000, decision=self.decision,
-            error=error, attempts=self.attempts, first_chunk_ms=self.first_chunk_ms,
-            chunks=chunks))
+            operation=self.request.operation, ok=error is None, duration_ms=duration_ms,
+            decision=self.decision, error=error, attempts=self.attempts,
+            first_chunk_ms=self.first_chunk_ms, chunks=chunks, queue_ms=self.queue_ms))
+
+
+async def _close_quietly(stream: Any) -> None:
+    closer = getattr(stream, "aclose", None)
+    if closer is not None:
+        try:
+            await closer()
+        except Exception:  # a backend that fails while closing has nothing more to tell us
+            pass
 
 
 def _describe(exc: BaseException) -> str:

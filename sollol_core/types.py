@@ -269,12 +269,31 @@ class Telemetry:
 
 
 @frozen
+class Performance:
+    """Moving averages of what one node did with one model (from finished requests)."""
+
+    node: str
+    model: str
+    latency_ms: float
+    tokens_per_s: float | None = None
+    samples: int = 0
+
+
+@frozen
 class FleetSnapshot:
     """Everything placement may look at, frozen at one moment."""
 
     nodes: tuple[NodeSnapshot, ...] = ()
     telemetry: tuple[Telemetry, ...] = ()
+    performance: tuple[Performance, ...] = ()
     taken_at: float = field(factory=time.time)
+
+    @functools.cached_property
+    def _performance_index(self) -> dict[tuple[str, str], Performance]:
+        return {(p.node, model_key(p.model)): p for p in self.performance}
+
+    def performance_of(self, node: str, model: str) -> Performance | None:
+        return self._performance_index.get((node, model_key(model)))
 
     def healthy(self, role: Role | None = None) -> tuple[NodeSnapshot, ...]:
         return tuple(n for n in self.nodes

@@ -58,7 +58,7 @@ def test_discover_prints_the_fleet_as_json_and_as_a_table() -> None:
     result = run("discover", "--json")
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
-    assert set(body) == {"nodes", "telemetry", "taken_at"}
+    assert set(body) == {"nodes", "telemetry", "performance", "taken_at"}
     human = run("discover", env={"SOLLOL_LOAD_PLUGINS": ""})
     assert human.returncode == 0
     assert "No nodes found" in human.stdout
@@ -132,7 +132,7 @@ def test_serve_answers_guards_with_api_keys_and_stops_on_sigint(
         gateway: tuple[subprocess.Popen[str], int]) -> None:
     process, port = gateway
     base = f"http://127.0.0.1:{port}"
-    assert get(f"{base}/") == (200, "SOLLOL is running")
+    assert get(f"{base}/") == (200, "Ollama is running")
     status, body = get(f"{base}/api/version")
     assert status == 401 and "API key" in json.loads(body)["error"]
     status, body = get(f"{base}/api/version", token="s3cret")

@@ -1,4 +1,5 @@
-"""The aiohttp application: lifecycle, authentication and SOLLOL's own endpoints."""
+"""The aiohttp application: lifecycle, authentication, errors for unknown paths, and SOLLOL's
+own status endpoint. The Ollama and OpenAI APIs live in their own modules."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from sollol_core.convert import unstructure
-from sollol_core.gateway import openai
+from sollol_core.gateway import ollama, openai
+from sollol_core.gateway.common import ROUTER
 from sollol_core.plugins import core_version
 from sollol_core.router import Router
 
-ROUTER = web.AppKey("router", Router)
-
-#: Paths anyone may call, so that load balancers and `sollol status` can see it is up.
+#: Paths anyone may call, so that load balancers and health checks can see it is up.
 PUBLIC_PATHS = frozenset({"/", "/health"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -23,13 +23,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(router: Router) -> web.Application:
     """The gateway for ``router``; the router starts and stops with the application."""
     app = web.Application(client_max_size=router.settings.gateway.max_body_bytes,
-                          middlewares=[_authenticate])
+                          middlewares=[_unknown_routes, _authenticate])
     app[ROUTER] = router
     app.cleanup_ctx.append(_router_lifecycle)
-    app.router.add_get("/", _root)  # aiohttp answers HEAD for every GET route
-    app.router.add_get("/health", _root)
-    app.router.add_get("/api/version", _version)
+    app.router.add_get("/health", _health)  # aiohttp answers HEAD for every GET route
     app.router.add_get("/api/sollol/status", _status)
+    ollama.add_routes(app)
     openai.add_routes(app)
     return app
 
@@ -41,23 +40,39 @@ async def _router_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 @web.middleware
+async def _unknown_routes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """404 and 405 in the shape of the API the path belongs to."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        if request.path.startswith("/v1/"):
+            kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+            message = f"{request.method} {request.path} is not an endpoint of this API"
+            return web.json_response({"error": {"message": message, "type": kind,
+                                                "param": None, "code": None}},
+                                     status=exc.status)
+        text = "404 page not found" if exc.status == 404 else "405 method not allowed"
+        return web.Response(status=exc.status, text=text, content_type="text/plain",
+                            charset="utf-8")
+
+
+@web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     keys = request.app[ROUTER].settings.gateway.api_keys
     if keys and request.path not in PUBLIC_PATHS:
         given = request.headers.get("Authorization", "")
         token = given[7:] if given.lower().startswith("bearer ") else ""
         if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
-            return web.json_response({"error": "unauthorized: missing or wrong API key"},
-                                     status=401, headers={"WWW-Authenticate": "Bearer"})
+            message = "unauthorized: missing or wrong API key"
+            body: object = ({"error": {"message": message, "type": "invalid_request_error",
+                                       "param": None, "code": "invalid_api_key"}}
+                            if request.path.startswith("/v1/") else {"error": message})
+            return web.json_response(body, status=401, headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
 
-async def _root(request: web.Request) -> web.Response:
-    return web.Response(text="SOLLOL is running", content_type="text/plain", charset="utf-8")
-
-
-async def _version(request: web.Request) -> web.Response:
-    return web.json_response({"version": core_version()})
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -65,5 +80,7 @@ async def _status(request: web.Request) -> web.Response:
     return web.json_response({
         "version": core_version(),
         "fleet": unstructure(router.fleet.snapshot()),
+        "circuits": unstructure(router.breakers.snapshots()),
+        "queued": len(router.queue),
         "plugins": unstructure(router.plugins.infos),
     })

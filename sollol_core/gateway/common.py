@@ -21,6 +21,7 @@ from sollol_core.types import InferenceRequest
 T = TypeVar("T")
 
 PRIORITY_HEADER = "X-Sollol-Priority"
+ROUTER = web.AppKey("router", Router)
 
 
 @frozen
@@ -38,8 +39,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, whatever the Content-Type says (as Ollama does)."""
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, f"request body is larger than {exc.max_size} bytes") from None
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[ROUTER].settings.gateway.max_body_bytes
+        raise ApiError(413, f"request body is larger than the limit of {limit} bytes") from None
     if not raw.strip():
         raise ApiError(400, "missing request body")
     try:
