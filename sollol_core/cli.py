@@ -104,11 +104,16 @@ def discover(state: CliState, ollama_nodes: tuple[str, ...], rpc_backends: tuple
         else None,
         "health.timeout_s": timeout,
     })
-    snapshot = asyncio.run(Fleet(state.plugins, settings).refresh())
+    snapshot = asyncio.run(_discover_once(state.plugins, settings))
     if as_json:
         emit_json(unstructure(snapshot))
         return
     show_fleet(snapshot)
+
+
+async def _discover_once(plugins: Plugins, settings: Settings) -> FleetSnapshot:
+    async with plugins.lifespan(settings):
+        return await Fleet(plugins, settings).refresh()
 
 
 def show_fleet(snapshot: FleetSnapshot) -> None:

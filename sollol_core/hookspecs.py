@@ -18,6 +18,7 @@ The one caller of these hooks is :mod:`sollol_core.plugins`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import click
@@ -152,6 +153,22 @@ def sollol_on_request_finished(record: RequestRecord) -> Awaitable[None] | None:
 
     Called once per request, successful or not, after the last chunk was sent. Same rules as
     :func:`sollol_on_decision`.
+    """
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+@hookspec
+def sollol_lifespan(settings: Settings) -> AbstractAsyncContextManager[None] | None:
+    """Hold resources for as long as a router runs (HTTP sessions, child processes).
+
+    :param settings: the effective settings.
+
+    Called when a router (or a one-shot command such as ``sollol discover``) starts. Return an
+    async context manager: the core enters every plugin's before the first probe and exits them,
+    in reverse order, when it stops, also after errors. Whatever the plugin started must be stopped
+    on exit.
     """
 
 

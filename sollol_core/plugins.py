@@ -8,6 +8,7 @@ implementation against :mod:`sollol_core.hookspecs`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import inspect
 import logging
@@ -181,6 +182,15 @@ class Plugins:
             log.warning("sollol_on_request_finished: an observer failed: %r", exc)
             return
         await _gather_logged("sollol_on_request_finished", results)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, settings: Settings) -> AsyncIterator[None]:
+        """Enter every plugin's lifespan; exit them in reverse order, whatever happens."""
+        async with contextlib.AsyncExitStack() as stack:
+            for manager in self.pm.hook.sollol_lifespan(settings=settings):
+                if manager is not None:
+                    await stack.enter_async_context(manager)
+            yield
 
     def register_commands(self, cli: click.Group) -> None:
         self.pm.hook.sollol_register_commands(cli=cli)

@@ -8,6 +8,7 @@ whose chosen node is at capacity waits in the :class:`~sollol_core.queue.Admissi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -47,6 +48,7 @@ class Router:
     fleet: Fleet
     queue: AdmissionQueue
     breakers: Breakers = field(factory=Breakers)
+    _lifespan: contextlib.AsyncExitStack | None = None
 
     @classmethod
     def create(cls, settings: Settings, plugins: Plugins | None = None) -> Router:
@@ -57,10 +59,23 @@ class Router:
                                         settings.routing.aging_per_s))
 
     async def start(self) -> None:
-        await self.fleet.start()
+        """Enter the plugins' lifespans, then start the probe schedule."""
+        if self._lifespan is not None:
+            return
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(self.plugins.lifespan(self.settings))
+        self._lifespan = stack
+        try:
+            await self.fleet.start()
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         await self.fleet.stop()
+        stack, self._lifespan = self._lifespan, None
+        if stack is not None:
+            await stack.aclose()
 
     def decide(self, request: InferenceRequest, *,
                exclude: frozenset[str] = frozenset()) -> Decision:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import click
 import pluggy
@@ -230,3 +231,33 @@ class Misspelt:
 def test_unknown_sollol_hooks_are_refused_by_check_pending() -> None:
     with pytest.raises(pluggy.PluginValidationError, match="sollol_plac"):
         isolated(("typo", Misspelt()))
+
+
+class Holder:
+    """A plugin holding a resource for the router's lifetime."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+
+    @hookimpl
+    def sollol_lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
+        @contextlib.asynccontextmanager
+        async def held() -> AsyncIterator[None]:
+            self.log.append(f"open {self.name}")
+            try:
+                yield
+            finally:
+                self.log.append(f"close {self.name}")
+
+        return held()
+
+
+async def test_sollol_lifespan_spans_the_router_and_closes_in_reverse_order() -> None:
+    log: list[str] = []
+    router = Router.create(SETTINGS, isolated(("first", Holder(log, "first")),
+                                              ("second", Holder(log, "second"))))
+    await router.start()
+    assert sorted(log) == ["open first", "open second"]
+    opened = list(log)
+    await router.stop()
+    assert log[2:] == [f"close {entry.split()[1]}" for entry in reversed(opened)]
