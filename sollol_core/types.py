@@ -113,12 +113,12 @@ class Endpoint:
         host, port = split_host_port(text, default_port)
         return cls(kind=kind, host=host, port=port, source=source)
 
-    @property
+    @functools.cached_property
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Stable identity: kind and address (the source does not change who it is)."""
         return f"{self.kind}://{self.address}"
@@ -176,11 +176,11 @@ class NodeSnapshot:
         return cls(endpoint=endpoint, health=Health.DOWN, detail=detail,
                    taken_at=time.time() if taken_at is None else taken_at)
 
-    @property
+    @functools.cached_property
     def free_bytes(self) -> int:
         return sum(d.free_bytes for d in self.devices)
 
-    @property
+    @functools.cached_property
     def total_bytes(self) -> int:
         return sum(d.total_bytes for d in self.devices)
 
@@ -294,6 +294,11 @@ class FleetSnapshot:
 
     def performance_of(self, node: str, model: str) -> Performance | None:
         return self._performance_index.get((node, model_key(model)))
+
+    def performance_by_node(self, model: str) -> dict[str, Performance]:
+        """What each node did with ``model`` lately (for scoring many nodes at once)."""
+        key = model_key(model)
+        return {p.node: p for p in self.performance if model_key(p.model) == key}
 
     def healthy(self, role: Role | None = None) -> tuple[NodeSnapshot, ...]:
         return tuple(n for n in self.nodes

@@ -1,9 +1,242 @@
-"""OpenAI-compatible API (placeholder: routes arrive in this module)."""
+"""The OpenAI-compatible API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``
+and ``/v1/models``, as Ollama serves them.
+
+Each request is checked, turned into an Ollama-shaped :class:`InferenceRequest` and placed by the
+router; the Ollama chunks that come back are turned into OpenAI's shapes by
+:mod:`sollol_core.gateway.openai_shapes`. Streams are Server-Sent Events, written chunk by chunk.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Literal
+
 from aiohttp import web
+from attrs import frozen
+
+from sollol_core.errors import BackendError
+from sollol_core.gateway import openai_shapes as shapes
+from sollol_core.gateway.catalog import catalogue
+from sollol_core.gateway.common import (
+    ROUTER,
+    ApiError,
+    check_fields,
+    error_for,
+    priority_of,
+    read_json,
+    routing_headers,
+)
+from sollol_core.hookspecs import Chunk
+from sollol_core.router import Reply, Router
+from sollol_core.types import InferenceRequest, model_key
 
 
 def add_routes(app: web.Application) -> None:
     """Register ``/v1/*`` on ``app``."""
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_post("/v1/completions", _completions)
+    app.router.add_post("/v1/embeddings", _embeddings)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{model:.+}", _model)
+
+
+@frozen
+class _Call:
+    """One parsed OpenAI request: the request to route and how to answer it."""
+
+    request: InferenceRequest
+    kind: Literal["chat", "completion", "embedding"]
+    id: str = ""
+    include_usage: bool = False
+    encoding_format: str | None = None
+
+    def answer(self, chunks: list[Chunk]) -> dict[str, Any]:
+        model = self.request.model
+        if self.kind == "chat":
+            return shapes.chat_response(chunks, id=self.id, model=model)
+        if self.kind == "completion":
+            return shapes.completion_response(chunks, id=self.id, model=model)
+        return shapes.embedding_response(chunks, model=model,
+                                         encoding_format=self.encoding_format)
+
+
+def _router(request: web.Request) -> Router:
+    return request.app[ROUTER]
+
+
+def _shaped(convert: Callable[[Any], dict[str, Any]], fields: Any) -> dict[str, Any]:
+    try:
+        return convert(fields)
+    except shapes.InvalidRequest as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _rest(body: Mapping[str, Any], *taken: str) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in {"model", "stream", *taken}}
+
+
+def _parse_chat(request: web.Request, body: dict[str, Any]) -> _Call:
+    fields = check_fields(body, shapes.ChatFields)
+    ollama = _shaped(shapes.chat_body, fields)
+    req = InferenceRequest.chat(fields.model, ollama["messages"],
+                                priority=priority_of(request, body), stream=fields.stream,
+                                **_rest(ollama, "messages"))
+    return _Call(req, "chat", f"chatcmpl-{req.id}", fields.include_usage)
+
+
+def _parse_completion(request: web.Request, body: dict[str, Any]) -> _Call:
+    fields = check_fields(body, shapes.CompletionFields)
+    ollama = _shaped(shapes.completion_body, fields)
+    req = InferenceRequest.generate(fields.model, ollama["prompt"],
+                                    priority=priority_of(request, body), stream=fields.stream,
+                                    **_rest(ollama, "prompt"))
+    return _Call(req, "completion", f"cmpl-{req.id}", fields.include_usage)
+
+
+def _parse_embedding(request: web.Request, body: dict[str, Any]) -> _Call:
+    fields = check_fields(body, shapes.EmbeddingFields)
+    ollama = _shaped(shapes.embedding_body, fields)
+    req = InferenceRequest.embed(fields.model, ollama["input"],
+                                 priority=priority_of(request, body), **_rest(ollama, "input"))
+    return _Call(req, "embedding", encoding_format=fields.encoding_format)
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, _parse_chat)
+
+
+async def _completions(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, _parse_completion)
+
+
+async def _embeddings(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, _parse_embedding)
+
+
+async def _serve(request: web.Request,
+                 parse: Callable[[web.Request, dict[str, Any]], _Call]) -> web.StreamResponse:
+    """Check, place and answer one request; every failure before the first byte is an
+    OpenAI-shaped error with its status."""
+    try:
+        call = parse(request, await read_json(request))
+        router = _router(request)
+        try:
+            reply = await router.open(call.request)
+        except Exception as exc:
+            raise error_for(exc, call.request, router) from None
+        if call.request.stream:
+            return await _stream(request, router, reply, call)
+        chunks = await _collect(router, reply, call)
+        return web.json_response(call.answer(chunks), headers=routing_headers(reply))
+    except ApiError as exc:
+        return _error(exc)
+
+
+def _error(exc: ApiError) -> web.Response:
+    return web.json_response(shapes.error_body(exc.message, exc.status, exc.kind),
+                             status=exc.status, headers=exc.headers)
+
+
+async def _collect(router: Router, reply: Reply, call: _Call) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    stream = aiter(reply)
+    try:
+        async for chunk in stream:
+            _raise_relayed_error(chunk)
+            chunks.append(chunk)
+    except Exception as exc:
+        await reply.close(len(chunks), _describe(exc))
+        raise error_for(exc, call.request, router) from None
+    finally:
+        await _aclose(stream)
+    return chunks
+
+
+class _ClientGone(Exception):
+    """The client closed the connection while we were writing to it."""
+
+
+async def _stream(request: web.Request, router: Router, reply: Reply,
+                  call: _Call) -> web.StreamResponse:
+    """Relay the reply as SSE, one write per event; a failure after the first byte becomes a last
+    ``data: {"error": ...}`` event (and no ``[DONE]``), never a silent truncation."""
+    assert call.kind != "embedding"
+    converter = shapes.StreamConverter(kind=call.kind, id=call.id, model=call.request.model,
+                                       include_usage=call.include_usage)
+    response = web.StreamResponse(headers={
+        **routing_headers(reply), "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache"})
+    received = 0
+    stream = aiter(reply)
+    try:
+        await _write(response, request=request)
+        async for chunk in stream:
+            _raise_relayed_error(chunk)
+            received += 1
+            for event in converter.feed(chunk):
+                await _write(response, _event(event))
+        for event in converter.close():
+            await _write(response, _event(event))
+        await _write(response, b"data: [DONE]\n\n")
+    except _ClientGone:
+        await reply.close(received, "the client went away mid-stream")
+    except Exception as exc:
+        await reply.close(received, _describe(exc))
+        failure = error_for(exc, call.request, router)
+        with contextlib.suppress(_ClientGone):
+            await _write(response, _event(
+                shapes.error_body(failure.message, failure.status, failure.kind)))
+    finally:
+        await _aclose(stream)
+    return response
+
+
+def _event(data: Mapping[str, Any]) -> bytes:
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+async def _write(response: web.StreamResponse, data: bytes = b"", *,
+                 request: web.Request | None = None) -> None:
+    """Send headers (with ``request``) or bytes; a vanished client raises :class:`_ClientGone`."""
+    try:
+        if request is not None:
+            await response.prepare(request)
+        else:
+            await response.write(data)
+    except ConnectionResetError as exc:  # aiohttp's ClientConnectionResetError included
+        raise _ClientGone() from exc
+
+
+def _raise_relayed_error(chunk: Chunk) -> None:
+    """A backend that relays Ollama's ``{"error": ...}`` line fails the stream here."""
+    message = shapes.chunk_error(chunk)
+    if message is not None:
+        raise BackendError(message)
+
+
+async def _aclose(stream: AsyncIterator[Chunk]) -> None:
+    """Close the reply's iterator now (its ``finally`` releases the node), not at GC."""
+    closer: Any = getattr(stream, "aclose", None)
+    if closer is not None:
+        await closer()
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+async def _models(request: web.Request) -> web.Response:
+    entries = catalogue(_router(request).fleet.snapshot())
+    data = [shapes.model_entry(e.info.name, e.info.modified_at) for e in entries]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    for entry in catalogue(_router(request).fleet.snapshot()):
+        if model_key(entry.info.name) == model_key(name):
+            return web.json_response(shapes.model_entry(name, entry.info.modified_at))
+    return _error(ApiError(404, f"model '{name}' not found"))
