@@ -8,9 +8,12 @@ router; the Ollama chunks that come back are turned into OpenAI's shapes by
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
@@ -77,13 +80,17 @@ def _rest(body: Mapping[str, Any], *taken: str) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in {"model", "stream", *taken}}
 
 
+def _include_usage(fields: shapes.Sampling) -> bool:
+    return fields.stream_options is not None and fields.stream_options.include_usage
+
+
 def _parse_chat(request: web.Request, body: dict[str, Any]) -> _Call:
     fields = check_fields(body, shapes.ChatFields)
     ollama = _shaped(shapes.chat_body, fields)
     req = InferenceRequest.chat(fields.model, ollama["messages"],
                                 priority=priority_of(request, body), stream=fields.stream,
                                 **_rest(ollama, "messages"))
-    return _Call(req, "chat", f"chatcmpl-{req.id}", fields.include_usage)
+    return _Call(req, "chat", f"chatcmpl-{req.id}", _include_usage(fields))
 
 
 def _parse_completion(request: web.Request, body: dict[str, Any]) -> _Call:
@@ -92,7 +99,7 @@ def _parse_completion(request: web.Request, body: dict[str, Any]) -> _Call:
     req = InferenceRequest.generate(fields.model, ollama["prompt"],
                                     priority=priority_of(request, body), stream=fields.stream,
                                     **_rest(ollama, "prompt"))
-    return _Call(req, "completion", f"cmpl-{req.id}", fields.include_usage)
+    return _Call(req, "completion", f"cmpl-{req.id}", _include_usage(fields))
 
 
 def _parse_embedding(request: web.Request, body: dict[str, Any]) -> _Call:
@@ -135,8 +142,14 @@ async def _serve(request: web.Request,
 
 
 def _error(exc: ApiError) -> web.Response:
-    return web.json_response(shapes.error_body(exc.message, exc.status, exc.kind),
-                             status=exc.status, headers=exc.headers)
+    return web.json_response(_error_body(exc), status=exc.status, headers=exc.headers)
+
+
+def _error_body(exc: ApiError) -> dict[str, Any]:
+    """OpenAI's error object; ``type`` follows the status as in Ollama, unless ``kind`` says."""
+    kind = exc.kind or {400: "invalid_request_error", 404: "not_found_error"}.get(
+        exc.status, "api_error")
+    return {"error": {"message": exc.message, "type": kind, "param": None, "code": None}}
 
 
 async def _collect(router: Router, reply: Reply, call: _Call) -> list[Chunk]:
@@ -182,12 +195,14 @@ async def _stream(request: web.Request, router: Router, reply: Reply,
         await _write(response, b"data: [DONE]\n\n")
     except _ClientGone:
         await reply.close(received, "the client went away mid-stream")
+    except asyncio.CancelledError:  # the server cancels handlers of vanished clients
+        await reply.close(received, "cancelled mid-stream")
+        raise
     except Exception as exc:
         await reply.close(received, _describe(exc))
         failure = error_for(exc, call.request, router)
         with contextlib.suppress(_ClientGone):
-            await _write(response, _event(
-                shapes.error_body(failure.message, failure.status, failure.kind)))
+            await _write(response, _event(_error_body(failure)))
     finally:
         await _aclose(stream)
     return response
@@ -212,9 +227,9 @@ async def _write(response: web.StreamResponse, data: bytes = b"", *,
 
 def _raise_relayed_error(chunk: Chunk) -> None:
     """A backend that relays Ollama's ``{"error": ...}`` line fails the stream here."""
-    message = shapes.chunk_error(chunk)
-    if message is not None:
-        raise BackendError(message)
+    error = chunk.get("error")
+    if error is not None:
+        raise BackendError(error if isinstance(error, str) else json.dumps(error))
 
 
 async def _aclose(stream: AsyncIterator[Chunk]) -> None:
@@ -229,8 +244,9 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _models(request: web.Request) -> web.Response:
+    """Every model of the fleet once (an empty list, where Ollama would say ``null``)."""
     entries = catalogue(_router(request).fleet.snapshot())
-    data = [shapes.model_entry(e.info.name, e.info.modified_at) for e in entries]
+    data = [_model_entry(e.info.name, e.info.modified_at) for e in entries]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -238,5 +254,24 @@ async def _model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     for entry in catalogue(_router(request).fleet.snapshot()):
         if model_key(entry.info.name) == model_key(name):
-            return web.json_response(shapes.model_entry(name, entry.info.modified_at))
+            return web.json_response(_model_entry(name, entry.info.modified_at))
     return _error(ApiError(404, f"model '{name}' not found"))
+
+
+def _model_entry(name: str, modified_at: str) -> dict[str, Any]:
+    """``owned_by`` is the name's namespace (``library`` by default), ``created`` its mtime."""
+    parts = name.split("/")
+    return {"id": name, "object": "model", "created": _epoch(modified_at),
+            "owned_by": parts[-2] if len(parts) >= 2 and parts[-2] else "library"}
+
+
+def _epoch(timestamp: str) -> int:
+    """Seconds since the epoch of an RFC 3339 time (Go writes nanoseconds); 0 if unreadable."""
+    text = _FRACTION.sub(r"\1", timestamp.strip()).replace("Z", "+00:00")
+    try:
+        return max(int(datetime.fromisoformat(text).timestamp()), 0)
+    except ValueError:
+        return 0
+
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")

@@ -1,10 +1,10 @@
 """OpenAI request and response shapes, converted to and from Ollama's: pure functions, no HTTP.
 
-Requests are checked in two steps: the attrs classes below give the types of the fields we read
-(``check_fields``; unknown keys are ignored), then ``*_body`` checks what types cannot say and
-returns the body in Ollama's field names. Responses are built from Ollama-shaped chunks, either all
-at once (``chat_response``...) or as they arrive (:class:`StreamConverter`). Where Ollama's own
-OpenAI layer decides something (defaults, messages, finish reasons), we decide it the same way.
+Requests are checked in two steps: the attrs classes give the types of the fields we read (for
+``check_fields``; unknown keys are ignored), then ``*_body`` checks the rest and returns the body
+in Ollama's field names. Responses are built from Ollama chunks, all at once (``*_response``) or
+as they arrive (:class:`StreamConverter`). Defaults, messages and finish reasons follow Ollama's
+own OpenAI layer.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import secrets
 import string
 import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from attrs import define, field, frozen
@@ -26,13 +24,13 @@ from attrs import define, field, frozen
 from sollol_core import convert
 
 Chunk = Mapping[str, Any]
-Event = dict[str, Any]
+Event = dict[str, Any]  # one OpenAI stream chunk
 Kind = Literal["chat", "completion"]
 C = TypeVar("C")
 
 FINGERPRINT = "fp_ollama"
-IMAGE_PREFIXES = ("data:;base64,", *(f"data:image/{t};base64," for t in
-                                     ("jpeg", "jpg", "png", "webp")))
+IMAGE_PREFIXES = ("data:;base64,", *(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png",
+                                                                            "webp")))
 REASONING_EFFORTS = ("high", "medium", "low", "none")
 
 
@@ -88,10 +86,6 @@ class Sampling:
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
 
-    @property
-    def include_usage(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
-
 
 @frozen
 class ChatFields(Sampling):
@@ -121,11 +115,6 @@ class EmbeddingFields:
 # -- requests ----------------------------------------------------------------------------------
 
 
-def _need_model(model: str) -> None:
-    if not model:
-        raise InvalidRequest("model is required")
-
-
 def options(fields: Sampling) -> dict[str, Any]:
     """Ollama's ``options`` for OpenAI's sampling fields (temperature and top_p default to 1)."""
     found: dict[str, Any] = {}
@@ -134,37 +123,41 @@ def options(fields: Sampling) -> dict[str, Any]:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise InvalidRequest(f"invalid type for 'stop' field: {fields.stop!r}")
         found["stop"] = stops
-    limit = fields.max_completion_tokens if fields.max_completion_tokens is not None \
-        else fields.max_tokens
-    if limit is not None:
-        found["num_predict"] = limit
+    found["num_predict"] = fields.max_completion_tokens
+    if found["num_predict"] is None:
+        found["num_predict"] = fields.max_tokens
     found["temperature"] = 1.0 if fields.temperature is None else fields.temperature
-    for name in ("seed", "frequency_penalty", "presence_penalty"):
-        if getattr(fields, name) is not None:
-            found[name] = getattr(fields, name)
     found["top_p"] = 1.0 if fields.top_p is None else fields.top_p
-    return found
+    found.update(seed=fields.seed, frequency_penalty=fields.frequency_penalty,
+                 presence_penalty=fields.presence_penalty)
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _base(fields: Sampling | EmbeddingFields) -> dict[str, Any]:
+    if not fields.model:
+        raise InvalidRequest("model is required")
+    if isinstance(fields, EmbeddingFields):
+        return {"model": fields.model}
+    return {"model": fields.model, "stream": fields.stream, "options": options(fields)}
 
 
 def chat_body(fields: ChatFields) -> dict[str, Any]:
     """The ``/api/chat`` body for a checked ``/v1/chat/completions`` request."""
-    _need_model(fields.model)
+    body = _base(fields)
     if not fields.messages:
         raise InvalidRequest("[] is too short - 'messages'")
-    messages = [m for i, raw in enumerate(fields.messages)
-                for m in _messages(i, raw, fields.messages)]
-    body: dict[str, Any] = {"model": fields.model, "messages": messages,
-                            "stream": fields.stream, "options": options(fields)}
-    rf = fields.response_format
-    if rf is not None and rf.type.strip().lower() == "json_object":
+    names: dict[str, str] = {}  # tool call id -> function, for tool results that omit the name
+    body["messages"] = [m for i, raw in enumerate(fields.messages)
+                        for m in _messages(i, raw, names)]
+    kind = fields.response_format.type.strip().lower() if fields.response_format else ""
+    schema = fields.response_format.json_schema if fields.response_format else None
+    if kind == "json_object":
         body["format"] = "json"
-    elif rf is not None and rf.type.strip().lower() == "json_schema" and rf.json_schema:
-        schema = rf.json_schema.schema
-        if schema is not None and not isinstance(schema, dict):
+    elif kind == "json_schema" and schema is not None and schema.schema is not None:
+        if not isinstance(schema.schema, dict):
             raise InvalidRequest("invalid field 'response_format.json_schema.schema': "
-                                 f"expected an object, got {schema!r}")
-        if schema is not None:
-            body["format"] = schema
+                                 f"expected an object, got {schema.schema!r}")
+        body["format"] = schema.schema
     if fields.tools:
         if not all(isinstance(tool, dict) for tool in fields.tools):
             raise InvalidRequest("invalid field 'tools': expected a list of objects")
@@ -175,14 +168,11 @@ def chat_body(fields: ChatFields) -> dict[str, Any]:
             raise InvalidRequest(f"invalid reasoning value: '{effort}' "
                                  '(must be "high", "medium", "low", or "none")')
         body["think"] = False if effort == "none" else effort
-    if fields.logprobs is not None:
-        body["logprobs"] = fields.logprobs
-    if fields.top_logprobs is not None:
-        body["top_logprobs"] = fields.top_logprobs
-    return body
+    extra = {"logprobs": fields.logprobs, "top_logprobs": fields.top_logprobs}
+    return body | {k: v for k, v in extra.items() if v is not None}
 
 
-def _messages(index: int, raw: Any, every: Sequence[Any]) -> list[dict[str, Any]]:
+def _messages(index: int, raw: Any, names: dict[str, str]) -> list[dict[str, Any]]:
     """One OpenAI message as Ollama messages (an array content gives one message per part)."""
     where = f"messages[{index}]"
     if not isinstance(raw, dict) or not isinstance(raw.get("role"), str):
@@ -190,29 +180,21 @@ def _messages(index: int, raw: Any, every: Sequence[Any]) -> list[dict[str, Any]
     role: str = raw["role"]
     reasoning = raw.get("reasoning") or raw.get("reasoning_content") or ""
     calls = _tool_calls_in(raw.get("tool_calls"), where)
+    names.update((c["id"], c["function"]["name"]) for c in calls if "id" in c)
     tool_name = ""
     if role.lower() == "tool":
-        tool_name = raw.get("name") or _tool_name(every, raw.get("tool_call_id"))
+        tool_name = raw.get("name") or names.get(str(raw.get("tool_call_id")), "")
     content = raw.get("content")
-    out: list[dict[str, Any]]
-    if isinstance(content, str):
-        out = [{"role": role, "content": content}]
-    elif isinstance(content, list):
+    if isinstance(content, list):
         out = [_part(role, part, where) for part in content]
-    elif content is None and calls:
-        out = [{"role": role, "content": ""}]
+    elif isinstance(content, str) or (content is None and calls):
+        out = [{"role": role, "content": content or ""}]
     else:
         raise InvalidRequest(f"invalid message content type: {type(content).__name__}")
-    if out:
-        last = out[-1]
-        if calls:
-            last["tool_calls"] = calls
-        if tool_name:
-            last["tool_name"] = tool_name
-        if isinstance(raw.get("tool_call_id"), str):
-            last["tool_call_id"] = raw["tool_call_id"]
-        if isinstance(reasoning, str) and reasoning:
-            last["thinking"] = reasoning
+    extra = {"tool_calls": calls, "tool_name": tool_name, "tool_call_id": raw.get("tool_call_id"),
+             "thinking": reasoning}
+    if out:  # like Ollama, what belongs to the whole message goes on its last part
+        out[-1].update({k: v for k, v in extra.items() if v and isinstance(v, str | list)})
     return out
 
 
@@ -228,12 +210,11 @@ def _part(role: str, part: Any, where: str) -> dict[str, Any]:
         prefix = next((p for p in IMAGE_PREFIXES if url.startswith(p)), None)
         if prefix is None:
             raise InvalidRequest("invalid image input")
-        data = url[len(prefix):]
         try:
-            base64.b64decode(data, validate=True)
+            base64.b64decode(url[len(prefix):], validate=True)
         except (binascii.Error, ValueError):
             raise InvalidRequest("invalid message format: the image is not base64") from None
-        return {"role": role, "content": "", "images": [data]}
+        return {"role": role, "content": "", "images": [url[len(prefix):]]}
     raise InvalidRequest(f"invalid message format: {where} has a content part of type {kind!r}")
 
 
@@ -262,23 +243,9 @@ def _tool_calls_in(raw: Any, where: str) -> list[dict[str, Any]]:
     return calls
 
 
-def _tool_name(messages: Sequence[Any], call_id: Any) -> str:
-    """The function a tool result answers, found by its call id (the last match wins)."""
-    for message in reversed(messages):
-        calls = message.get("tool_calls") if isinstance(message, dict) else None
-        for call in calls if isinstance(calls, list) else ():
-            if isinstance(call, dict) and call.get("id") == call_id:
-                function = call.get("function")
-                name = function.get("name") if isinstance(function, dict) else None
-                return name if isinstance(name, str) else ""
-    return ""
-
-
 def completion_body(fields: CompletionFields) -> dict[str, Any]:
     """The ``/api/generate`` body for a checked ``/v1/completions`` request."""
-    _need_model(fields.model)
-    body: dict[str, Any] = {"model": fields.model, "prompt": fields.prompt,
-                            "stream": fields.stream, "options": options(fields)}
+    body = {**_base(fields), "prompt": fields.prompt}
     if fields.suffix:
         body["suffix"] = fields.suffix
     return body
@@ -286,7 +253,7 @@ def completion_body(fields: CompletionFields) -> dict[str, Any]:
 
 def embedding_body(fields: EmbeddingFields) -> dict[str, Any]:
     """The ``/api/embed`` body for a checked ``/v1/embeddings`` request."""
-    _need_model(fields.model)
+    body = _base(fields)
     text = fields.input
     if not (isinstance(text, str) and text) and not (
             isinstance(text, list) and text and all(isinstance(t, str) for t in text)):
@@ -294,27 +261,13 @@ def embedding_body(fields: EmbeddingFields) -> dict[str, Any]:
     if fields.encoding_format not in (None, "", "float", "base64"):
         raise InvalidRequest(f"invalid encoding format: {fields.encoding_format!r} "
                              "(supported formats are 'float' and 'base64')")
-    body: dict[str, Any] = {"model": fields.model, "input": text}
+    body["input"] = text
     if fields.dimensions:
         body["dimensions"] = fields.dimensions
     return body
 
 
 # -- responses ---------------------------------------------------------------------------------
-
-
-def error_body(message: str, status: int, kind: str = "") -> dict[str, Any]:
-    """OpenAI's error object; ``type`` follows the status as Ollama's does unless ``kind``."""
-    kind = kind or {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
-
-
-def chunk_error(chunk: Chunk) -> str | None:
-    """The message of an ``{"error": ...}`` chunk a backend relayed after its first chunk."""
-    error = chunk.get("error")
-    if error is None:
-        return None
-    return error if isinstance(error, str) else json.dumps(error)
 
 
 def usage(final: Chunk | None) -> dict[str, int]:
@@ -336,20 +289,13 @@ def tool_calls_out(calls: Iterable[Any], first_index: int = 0) -> list[dict[str,
     for offset, call in enumerate(calls):
         function = call.get("function") or {}
         arguments = function.get("arguments", {})
-        out.append({
-            "id": call.get("id") or new_call_id(),
-            "index": first_index + offset,
-            "type": "function",
-            "function": {"name": function.get("name", ""),
-                         "arguments": arguments if isinstance(arguments, str) else
-                         json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))},
-        })
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+        call_id = call.get("id") or "call_" + "".join(
+            secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        out.append({"id": call_id, "index": first_index + offset, "type": "function",
+                    "function": {"name": function.get("name", ""), "arguments": arguments}})
     return out
-
-
-def new_call_id() -> str:
-    alphabet = string.ascii_lowercase + string.digits
-    return "call_" + "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def _text(chunk: Chunk, kind: Kind) -> tuple[str, str, list[Any]]:
@@ -363,18 +309,13 @@ def _text(chunk: Chunk, kind: Kind) -> tuple[str, str, list[Any]]:
 
 def chat_response(chunks: Sequence[Chunk], *, id: str, model: str) -> dict[str, Any]:
     """A ``chat.completion`` from every chunk of a chat (streamed or not)."""
-    content, thinking, calls = [], [], []
-    logprobs: list[Any] = []
-    for chunk in chunks:
-        text, thought, tools = _text(chunk, "chat")
-        content.append(text)
-        thinking.append(thought)
-        calls.extend(tools)
-        logprobs.extend(chunk.get("logprobs") or ())
+    parts = [_text(chunk, "chat") for chunk in chunks]
+    calls = [call for _, _, tools in parts for call in tools]
+    logprobs = [entry for chunk in chunks for entry in chunk.get("logprobs") or ()]
     final = chunks[-1] if chunks else None
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
-    if "".join(thinking):
-        message["reasoning"] = "".join(thinking)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(p[0] for p in parts)}
+    if any(p[1] for p in parts):
+        message["reasoning"] = "".join(p[1] for p in parts)
     if calls:
         message["tool_calls"] = tool_calls_out(calls)
     choice: dict[str, Any] = {"index": 0, "message": message,
@@ -473,12 +414,10 @@ class StreamConverter:
 
     def _close(self, final: Chunk | None) -> list[Event]:
         self._finished = True
+        empty: dict[str, Any] = ({"delta": {}} if self.kind == "chat" else
+                                 {"text": "", "logprobs": None})
         reason = finish_reason(final, self._tool_calls > 0)
-        if self.kind == "chat":
-            events = [self._event([{"index": 0, "delta": {}, "finish_reason": reason}])]
-        else:
-            events = [self._event([{"text": "", "index": 0, "logprobs": None,
-                                    "finish_reason": reason}])]
+        events = [self._event([{"index": 0, **empty, "finish_reason": reason}])]
         if self.include_usage:
             events.append({**self._event([]), "usage": usage(final)})
         return events
@@ -489,28 +428,3 @@ class StreamConverter:
                 "created": self.created, "model": self.model,
                 "system_fingerprint": FINGERPRINT, "choices": choices}
 
-
-# -- models ------------------------------------------------------------------------------------
-
-
-def model_entry(name: str, modified_at: str) -> dict[str, Any]:
-    """One ``/v1/models`` entry: ``owned_by`` is the name's namespace (``library`` by default)."""
-    return {"id": name, "object": "model", "created": epoch(modified_at),
-            "owned_by": namespace(name)}
-
-
-def namespace(name: str) -> str:
-    parts = name.split("/")
-    return parts[-2] if len(parts) >= 2 and parts[-2] else "library"
-
-
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def epoch(timestamp: str) -> int:
-    """Seconds since the epoch of an RFC 3339 time (nanoseconds allowed); 0 if unreadable."""
-    text = _FRACTION.sub(r"\1", timestamp.strip()).replace("Z", "+00:00")
-    try:
-        return max(int(datetime.fromisoformat(text).timestamp()), 0)
-    except ValueError:
-        return 0
