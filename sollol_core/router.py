@@ -222,6 +222,7 @@ class Reply:
         chunks = 0
         error: str | None = None
         last: Chunk | None = None
+        node_failed = False
         deadline = self.started + self.router.settings.routing.request_timeout_s
         try:
             if self.first is not None:
@@ -236,16 +237,18 @@ class Reply:
                 chunks, last = chunks + 1, chunk
                 yield chunk
         except BaseException as exc:
+            # The client leaving (generator closed, handler cancelled) is no fault of the node.
+            node_failed = not isinstance(exc, GeneratorExit | asyncio.CancelledError)
             error = _describe(exc) if not isinstance(exc, TimeoutError) else (
                 f"the request ran longer than {self.router.settings.routing.request_timeout_s:g} s")
             if isinstance(exc, TimeoutError):
                 raise BackendError(error, retryable=False) from None
             raise
         finally:
-            await self.close(chunks, error, last)
+            await self.close(chunks, error, last, node_failed=node_failed)
 
     async def close(self, chunks: int = 0, error: str | None = None,
-                    last: Chunk | None = None) -> None:
+                    last: Chunk | None = None, *, node_failed: bool = False) -> None:
         """Release the node and report the request finished (once)."""
         if self._done:
             return
@@ -254,7 +257,8 @@ class Reply:
         router = self.router
         router._release(self.node_key)
         duration_ms = (time.monotonic() - self.started) * 1000
-        router.breakers.of(self.node_key).record(error is None, time.monotonic())
+        if error is None or node_failed:
+            router.breakers.of(self.node_key).record(error is None, time.monotonic())
         if error is None:
             router.fleet.performance.record(self.node_key, self.request.model,
                                             duration_ms - self.queue_ms, last)
