@@ -1,4 +1,4 @@
-"""Health of one Ollama node: ``/api/version`` and ``/api/ps`` every round, ``/api/tags`` less often.
+"""Health of one Ollama node: /api/version and /api/ps every round, /api/tags less often.
 
 Never a completion. The result is a frozen snapshot: DOWN with the reason when the node does not
 answer or does not speak Ollama's API.
