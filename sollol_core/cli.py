@@ -18,6 +18,7 @@ from attrs import define
 from rich.console import Console
 
 from sollol_core import render
+from sollol_core.breaker import CircuitSnapshot
 from sollol_core.config import Settings
 from sollol_core.convert import structure, unstructure
 from sollol_core.errors import ConfigError, SollolError
@@ -134,7 +135,7 @@ def show_fleet(snapshot: FleetSnapshot) -> None:
 @json_option
 @click.pass_obj
 def status(state: CliState, url: str | None, api_key: str | None, as_json: bool) -> None:
-    """Show what a running gateway knows: nodes, health, machines and plugins."""
+    """Show what a running gateway knows: nodes, health, circuits, queue, machines, plugins."""
     settings = state.settings()
     gateway = settings.gateway
     host = "127.0.0.1" if gateway.host in {"0.0.0.0", "::"} else gateway.host
@@ -150,7 +151,12 @@ def status(state: CliState, url: str | None, api_key: str | None, as_json: bool)
         emit_json(body)
         return
     show_fleet(structure(body["fleet"], FleetSnapshot))
-    Console().print(render.plugins_table(structure(body["plugins"], list[PluginInfo])))
+    console = Console()
+    circuits = structure(body["circuits"], list[CircuitSnapshot])
+    if circuits:
+        console.print(render.circuits_table(circuits))
+    console.print(f"Requests waiting for capacity: {body['queued']}")
+    console.print(render.plugins_table(structure(body["plugins"], list[PluginInfo])))
 
 
 async def _fetch_status(base: str, api_key: str | None) -> Any:

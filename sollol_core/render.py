@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from rich.table import Table
 
+from sollol_core.breaker import CircuitSnapshot, CircuitState
 from sollol_core.plugins import PluginInfo
 from sollol_core.types import FleetSnapshot, Health, NodeSnapshot, Telemetry
 
@@ -78,4 +80,19 @@ def plugins_table(infos: Sequence[PluginInfo]) -> Table:
             state += f" ({info.error})"
         table.add_row(info.name, state, info.distribution or "-", info.version or "-",
                       ", ".join(info.hooks) or "-")
+    return table
+
+
+def circuits_table(circuits: Sequence[CircuitSnapshot]) -> Table:
+    table = Table(title="Circuits", title_justify="left")
+    for column in ("node", "state", "failure ratio", "samples", "next retry"):
+        table.add_column(column, overflow="fold")
+    styles = {CircuitState.CLOSED: "green", CircuitState.OPEN: "red",
+              CircuitState.HALF_OPEN: "yellow"}
+    for circuit in circuits:
+        retry = "-"
+        if circuit.next_retry_at is not None:
+            retry = datetime.fromtimestamp(circuit.next_retry_at).strftime("%H:%M:%S")
+        table.add_row(circuit.node, f"[{styles[circuit.state]}]{circuit.state.value}[/]",
+                      f"{circuit.failure_ratio:.0%}", str(circuit.samples), retry)
     return table

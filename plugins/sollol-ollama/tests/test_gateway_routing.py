@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +18,8 @@ import pytest
 from sollol_ollama.testing import EmulatorFleet, OllamaEmulator
 
 from .conftest import gateway
+
+SOLLOL = shutil.which("sollol", path=str(Path(sys.executable).parent)) or "sollol"
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
@@ -155,6 +161,14 @@ async def test_a_failing_node_opens_its_circuit_and_status_shows_it() -> None:
         async with aiohttp.ClientSession() as session, \
                 session.get(f"{url}/api/sollol/status") as r:
             circuits = {c["node"]: c for c in (await r.json())["circuits"]}
+        shown = await asyncio.create_subprocess_exec(
+            SOLLOL, "status", "--url", url, stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "200"})
+        table = (await shown.communicate())[0].decode()
+    assert shown.returncode == 0
+    row = next(line for line in table.splitlines() if f"ollama://{fleet[0].address}" in line
+               and "100%" in line)
+    assert "open" in row
     bad = circuits[f"ollama://{fleet[0].address}"]
     assert bad["state"] == "open" and bad["failure_ratio"] == 1.0
     assert bad["next_retry_at"] is not None
