@@ -7,9 +7,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from sollol_ollama.testing import EmulatorFleet
 
 from sollol_core import OllamaPool, Priority, sync
-from sollol_ollama.testing import EmulatorFleet
 
 
 async def test_async_pool_over_named_nodes_routes_and_reports() -> None:
