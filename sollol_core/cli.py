@@ -73,14 +73,14 @@ def cli(config_path: str | None) -> None:
 @click.pass_obj
 def serve(state: CliState, host: str | None, port: int | None, api_keys: tuple[str, ...]) -> None:
     """Run the gateway until Ctrl-C."""
-    from sollol_core.gateway.serve import serve as run_gateway
+    from sollol_core.gateway.serve import run as run_gateway
     from sollol_core.router import Router
 
     settings = state.settings(**{"gateway.host": host, "gateway.port": port,
                                  "gateway.api_keys": api_keys or None})
     router = Router.create(settings, state.plugins)
     try:
-        asyncio.run(run_gateway(router, ready=lambda line: click.echo(line, err=True)))
+        run_gateway(router, ready=lambda line: click.echo(line, err=True))
     except SollolError as exc:
         fail(str(exc))
     click.echo("stopped", err=True)

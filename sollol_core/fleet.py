@@ -49,7 +49,7 @@ class Fleet:
     def adjust_in_flight(self, key: str, delta: int) -> None:
         node = self._nodes.get(key)
         if node is not None:
-            self._nodes[key] = evolve(node, in_flight=max(node.in_flight + delta, 0))
+            self._nodes[key] = node.with_in_flight(max(node.in_flight + delta, 0))
 
     async def refresh(self) -> FleetSnapshot:
         """Discover, probe every endpoint and collect telemetry, concurrently; then snapshot."""

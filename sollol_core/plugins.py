@@ -168,6 +168,8 @@ class Plugins:
         return stream
 
     async def notify_decision(self, decision: Decision, request: InferenceRequest) -> None:
+        if not self.pm.hook.sollol_on_decision.get_hookimpls():
+            return
         try:
             results = self.pm.hook.sollol_on_decision(decision=decision, request=request)
         except Exception as exc:  # observers never fail a request
@@ -176,6 +178,8 @@ class Plugins:
         await _gather_logged("sollol_on_decision", results)
 
     async def notify_finished(self, record: RequestRecord) -> None:
+        if not self.pm.hook.sollol_on_request_finished.get_hookimpls():
+            return
         try:
             results = self.pm.hook.sollol_on_request_finished(record=record)
         except Exception as exc:
@@ -200,6 +204,8 @@ async def _gather_logged(hook: str, results: Sequence[Any]) -> list[Any]:
     """Await the awaitables among hook results; a failing plugin is logged and skipped."""
     awaitables: list[Awaitable[Any]] = [r for r in results if inspect.isawaitable(r)]
     plain = [r for r in results if r is not None and not inspect.isawaitable(r)]
+    if not awaitables:
+        return plain
     done = await asyncio.gather(*awaitables, return_exceptions=True)
     values = list(plain)
     for value in done:

@@ -261,3 +261,4 @@ async def test_sollol_lifespan_spans_the_router_and_closes_in_reverse_order() ->
     opened = list(log)
     await router.stop()
     assert log[2:] == [f"close {entry.split()[1]}" for entry in reversed(opened)]
+

@@ -19,6 +19,21 @@ class PortInUseError(SollolError):
     pass
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (Linux, macOS): the gateway is event-loop bound."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run(router: Router, *, ready: Callable[[str], None] = print) -> None:
+    """Serve until SIGINT or SIGTERM on a fresh event loop (uvloop when available)."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(router, ready=ready))
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
