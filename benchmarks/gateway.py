@@ -51,6 +51,7 @@ from sollol_ollama.testing import OllamaEmulator
 
 from sollol_core.config import Settings
 from sollol_core.gateway.app import create_app
+from sollol_core.gateway.serve import event_loop_factory
 from sollol_core.router import Router
 
 CONCURRENCY = (1, 10, 50)
@@ -75,7 +76,10 @@ def _serve(role: str, conn: Connection, upstream: str, profile: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     profiler = cProfile.Profile() if profile else None
     try:
-        asyncio.run(_serve_async(role, conn, upstream, profiler))
+        # The gateway runs on the event loop `sollol serve` uses; the emulator on plain asyncio.
+        factory = event_loop_factory() if role == "gateway" else None
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_serve_async(role, conn, upstream, profiler))
     finally:
         if profiler is not None:
             profiler.dump_stats(profile)
