@@ -214,3 +214,18 @@ async def test_oversized_body_unknown_path_and_wrong_method() -> None:
                 assert (r.status, await r.text()) == (405, "405 method not allowed")
             async with session.get(f"{url}/v1/nothing") as r:
                 assert r.status == 404 and (await r.json())["error"]["type"] == "not_found_error"
+
+
+async def test_request_fields_reach_the_node_untouched_and_its_fields_come_back() -> None:
+    body = {"model": "llama3.2", "stream": False, "keep_alive": "10m", "think": False,
+            "format": {"type": "object"}, "options": {"temperature": 0, "num_ctx": 2048},
+            "messages": [{"role": "user", "content": "hi", "images": ["aGVsbG8="]}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            "some_future_field": [1, 2]}
+    async with OllamaEmulator() as node, gateway([node.address]) as (url, _):
+        await wait_for_models(url)
+        status, _, reply = await post(f"{url}/api/chat", {**body, "priority": 7})
+    assert status == 200
+    path, received = node.requests[-1]
+    assert path == "/api/chat" and received == body  # priority is SOLLOL's, not the node's
+    assert {"total_duration", "eval_count", "done_reason", "created_at"} <= set(reply)
