@@ -128,12 +128,30 @@ class RoutingSettings:
 
 
 @frozen
+class LlamacppSettings:
+    """llama.cpp: binaries, models available for sharding, coordinators."""
+
+    #: Directory holding llama-server and the RPC worker; searched before PATH and the cache.
+    bin_dir: str = ""
+    #: Models a coordinator can load: name -> GGUF path (besides the local Ollama store).
+    models: dict[str, str] = field(factory=dict)
+    #: Models always sharded over RPC workers, even when a node could hold them whole.
+    shard: tuple[str, ...] = ()
+    coordinator_timeout_s: float = field(default=120.0, validator=_positive)
+    #: A coordinator unused this long is stopped and its workers freed.
+    idle_unload_s: float = field(default=600.0, validator=_positive)
+    context_size: int = field(default=4096, validator=_positive)
+    parallel: int = field(default=2, validator=_positive)
+
+
+@frozen
 class Settings:
     gateway: GatewaySettings = field(factory=GatewaySettings)
     plugins: PluginSettings = field(factory=PluginSettings)
     discovery: DiscoverySettings = field(factory=DiscoverySettings)
     health: HealthSettings = field(factory=HealthSettings)
     routing: RoutingSettings = field(factory=RoutingSettings)
+    llamacpp: LlamacppSettings = field(factory=LlamacppSettings)
 
     @classmethod
     def load(cls, *, config_path: str | os.PathLike[str] | None = None,
@@ -174,6 +192,10 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_QUEUE_SIZE": "routing.queue_size",
     "SOLLOL_PRIORITY_AGING": "routing.aging_per_s",
     "SOLLOL_OLLAMA_PARALLEL": "discovery.ollama_parallel",
+    "SOLLOL_LLAMACPP_BIN_DIR": "llamacpp.bin_dir",
+    "SOLLOL_SHARD_MODELS": "llamacpp.shard",
+    "SOLLOL_COORDINATOR_TIMEOUT": "llamacpp.coordinator_timeout_s",
+    "SOLLOL_IDLE_UNLOAD": "llamacpp.idle_unload_s",
 }
 
 

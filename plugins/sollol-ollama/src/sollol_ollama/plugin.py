@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 
 from sollol_core.config import Settings
 from sollol_core.hookspecs import Chunk, hookimpl
+from sollol_core.http import Sessions
 from sollol_core.types import Decision, Endpoint, InferenceRequest, NodeSnapshot
 from sollol_ollama.discovery import KIND, Discovery
 from sollol_ollama.executor import execute
 from sollol_ollama.probe import Prober
-from sollol_ollama.sessions import Sessions
 
 _sessions = Sessions()
 _discovery = Discovery()

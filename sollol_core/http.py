@@ -1,8 +1,9 @@
-"""One pooled HTTP session per event loop, held open by the plugin's lifespan.
+"""Pooled HTTP client sessions for backend plugins: one per event loop, held open by a plugin's
+lifespan.
 
 A router's lifespan opens it; probes and requests on that loop reuse its connections (the
 gateway's added latency depends on it). Called outside any lifespan, a short-lived session is made
-for the one call.
+for the one call. Each plugin keeps its own ``Sessions`` object.
 """
 
 from __future__ import annotations
