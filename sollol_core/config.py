@@ -142,6 +142,10 @@ class LlamacppSettings:
     idle_unload_s: float = field(default=600.0, validator=_positive)
     context_size: int = field(default=4096, validator=_positive)
     parallel: int = field(default=2, validator=_positive)
+    #: RPC workers to start on this machine with the router (0: use only the ones named).
+    local_workers: int = 0
+    #: Workers a split uses at the least when that many are free (a split over one is no split).
+    min_shard_workers: int = field(default=2, validator=_positive)
 
 
 @frozen
@@ -196,6 +200,8 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_SHARD_MODELS": "llamacpp.shard",
     "SOLLOL_COORDINATOR_TIMEOUT": "llamacpp.coordinator_timeout_s",
     "SOLLOL_IDLE_UNLOAD": "llamacpp.idle_unload_s",
+    "SOLLOL_LOCAL_WORKERS": "llamacpp.local_workers",
+    "SOLLOL_MIN_SHARD_WORKERS": "llamacpp.min_shard_workers",
 }
 
 

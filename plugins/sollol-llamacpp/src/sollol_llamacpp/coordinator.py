@@ -1,0 +1,170 @@
+"""Coordinators: ``llama-server --rpc`` processes SOLLOL starts, waits for, reuses, restarts and
+unloads. One per model, each on its own set of workers (a worker serves one coordinator)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+from attrs import define, field
+
+from sollol_core.errors import BackendError
+from sollol_core.types import Endpoint, model_key
+from sollol_llamacpp.binaries import Binaries
+from sollol_llamacpp.processes import Child, ephemeral_port, logs_dir
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorError(BackendError):
+    """A coordinator did not come up; the message names its log."""
+
+
+@define
+class Coordinator:
+    model: str
+    gguf: Path
+    workers: tuple[Endpoint, ...]
+    tensor_split: tuple[float, ...]
+    port: int
+    child: Child
+    started_at: float = field(factory=time.time)
+    last_used: float = field(factory=time.monotonic)
+    ready_s: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.child.alive
+
+
+def command(binaries: Binaries, gguf: Path, workers: Sequence[Endpoint],
+            tensor_split: Sequence[float], port: int, context_size: int,
+            parallel: int) -> list[str]:
+    argv = [str(binaries.llama_server), "-m", str(gguf), "--host", "127.0.0.1",
+            "--port", str(port), "-c", str(context_size), "-np", str(parallel), "-ngl", "99",
+            "--rpc", ",".join(w.address for w in workers)]
+    if tensor_split:
+        argv += ["-ts", ",".join(f"{share:g}" for share in tensor_split)]
+    return argv
+
+
+async def _wait_healthy(coordinator: Coordinator, timeout_s: float,
+                        progress: Callable[[str], None]) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    last_note = started
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while loop.time() - started < timeout_s:
+            if not coordinator.alive:
+                raise CoordinatorError(
+                    f"llama-server for {coordinator.model} exited with status "
+                    f"{coordinator.child.process.returncode} while loading; log: "
+                    f"{coordinator.child.log_path}\n{coordinator.child.log_tail()}",
+                    retryable=False)
+            try:
+                async with session.get(f"{coordinator.url}/health") as response:
+                    if response.status == 200:
+                        coordinator.ready_s = loop.time() - started
+                        return
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                pass
+            if loop.time() - last_note >= 5:
+                last_note = loop.time()
+                progress(f"loading {coordinator.model} over {len(coordinator.workers)} workers: "
+                         f"{loop.time() - started:.0f} s")
+            await asyncio.sleep(0.1)
+    raise CoordinatorError(
+        f"llama-server for {coordinator.model} not ready after {timeout_s:g} s; log: "
+        f"{coordinator.child.log_path}\n{coordinator.child.log_tail()}", retryable=False)
+
+
+async def launch(binaries: Binaries, model: str, gguf: Path, workers: Sequence[Endpoint],
+                 tensor_split: Sequence[float], *, context_size: int, parallel: int,
+                 timeout_s: float, progress: Callable[[str], None]) -> Coordinator:
+    port = ephemeral_port()
+    argv = command(binaries, gguf, workers, tensor_split, port, context_size, parallel)
+    safe = model.replace("/", "_").replace(":", "_")
+    child = await Child.spawn(argv, logs_dir() / f"coordinator-{safe}-{port}.log")
+    coordinator = Coordinator(model, gguf, tuple(workers), tuple(tensor_split), port, child)
+    try:
+        await _wait_healthy(coordinator, timeout_s, progress)
+    except BaseException:
+        await child.stop()
+        raise
+    log.info("coordinator for %s ready on %s in %.1f s", model, coordinator.url,
+             coordinator.ready_s)
+    return coordinator
+
+
+@define
+class Coordinators:
+    """The running coordinators, by model; started on demand, reused, unloaded when idle."""
+
+    binaries: Callable[[], Binaries]
+    progress: Callable[[str], None] = log.info
+    running: dict[str, Coordinator] = field(factory=dict)
+    _locks: dict[str, asyncio.Lock] = field(factory=dict)
+
+    def holding(self) -> set[str]:
+        """Keys of the workers a live coordinator holds (they show as busy, not down)."""
+        return {w.key for c in self.running.values() if c.alive for w in c.workers}
+
+    async def ensure(self, model: str, gguf: Path, workers: Sequence[Endpoint],
+                     tensor_split: Sequence[float], *, context_size: int, parallel: int,
+                     timeout_s: float) -> Coordinator:
+        """The coordinator for ``model`` on ``workers``: reused if it runs, else (re)started."""
+        key = model_key(model)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            current = self.running.get(key)
+            if current is not None and current.alive and current.workers == tuple(workers):
+                current.last_used = time.monotonic()
+                return current
+            if current is not None:
+                await self._retire(key, "its workers changed" if current.alive else "it exited")
+            coordinator = await launch(self.binaries(), model, gguf, workers, tensor_split,
+                                       context_size=context_size, parallel=parallel,
+                                       timeout_s=timeout_s, progress=self.progress)
+            self.running[key] = coordinator
+            return coordinator
+
+    async def _retire(self, key: str, why: str) -> None:
+        coordinator = self.running.pop(key, None)
+        if coordinator is not None:
+            log.info("stopping the coordinator for %s: %s", coordinator.model, why)
+            await coordinator.child.stop()
+
+    async def unload_idle(self, idle_s: float) -> None:
+        now = time.monotonic()
+        for key, coordinator in list(self.running.items()):
+            if now - coordinator.last_used >= idle_s:
+                async with self._locks.setdefault(key, asyncio.Lock()):
+                    if time.monotonic() - coordinator.last_used >= idle_s:
+                        await self._retire(key, f"idle for {idle_s:g} s")
+
+    async def forget_dead(self) -> list[str]:
+        """Reap coordinators that exited; their models restart on the next request."""
+        gone = [k for k, c in self.running.items() if not c.alive]
+        for key in gone:
+            await self._retire(key, "it exited")
+        return gone
+
+    async def stop(self) -> None:
+        for key in list(self.running):
+            await self._retire(key, "SOLLOL is stopping")
+
+    async def watch(self, idle_s: float, every_s: float = 2.0) -> None:
+        """Background duty while a router runs: reap crashed coordinators, unload idle ones."""
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(Exception):
+                await self.forget_dead()
+                await self.unload_idle(idle_s)

@@ -1,0 +1,241 @@
+"""The sollol-llamacpp plugin's hooks.
+
+Two endpoint kinds: ``llamacpp-rpc`` (RPC workers: role worker; they hold layers for a
+coordinator) and ``llamacpp`` (a plain llama-server running a model whole: role node). A model
+that must be split — forced by ``[llamacpp] shard`` or held whole by no healthy node — is placed
+on the workers that can take it, and run through a coordinator this plugin starts and reuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from pathlib import Path
+
+import click
+from attrs import define, evolve, field
+
+from sollol_core.config import Settings
+from sollol_core.errors import BackendError
+from sollol_core.hookspecs import Chunk, hookimpl
+from sollol_core.http import Sessions
+from sollol_core.types import (
+    Decision,
+    Endpoint,
+    FleetSnapshot,
+    Health,
+    InferenceRequest,
+    NodeSnapshot,
+    Role,
+    ShardPlan,
+    model_key,
+)
+from sollol_llamacpp import catalogue, server_http
+from sollol_llamacpp.binaries import Binaries, require_binaries
+from sollol_llamacpp.coordinator import Coordinators
+from sollol_llamacpp.rpc_probe import probe_rpc, snapshot_from
+from sollol_llamacpp.workers import KIND as RPC_KIND
+from sollol_llamacpp.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+SERVER_KIND = "llamacpp"
+POLICY = "llamacpp-shard"
+
+
+@define
+class State:
+    """What the plugin holds while a router runs."""
+
+    sessions: Sessions = field(factory=Sessions)
+    settings: Settings = field(factory=Settings)
+    models: dict[str, Path] = field(factory=dict)
+    coordinators: Coordinators | None = None
+    pool: WorkerPool | None = None
+    binaries: Binaries | None = None
+
+    def find_binaries(self) -> Binaries:
+        if self.binaries is None:
+            configured = Path(self.settings.llamacpp.bin_dir) if self.settings.llamacpp.bin_dir \
+                else None
+            self.binaries = require_binaries(configured_dir=configured)
+        return self.binaries
+
+    def gguf_for(self, model: str) -> Path | None:
+        return next((p for n, p in self.models.items() if model_key(n) == model_key(model)), None)
+
+
+_state = State()
+
+
+@hookimpl
+def sollol_lifespan(settings: Settings) -> contextlib.AbstractAsyncContextManager[None]:
+    return _running(settings)
+
+
+@contextlib.asynccontextmanager
+async def _running(settings: Settings) -> AsyncIterator[None]:
+    _state.settings = settings
+    _state.coordinators = Coordinators(_state.find_binaries)
+    watcher: asyncio.Task[None] | None = None
+    async with _state.sessions.hold():
+        try:
+            if settings.llamacpp.local_workers:
+                _state.pool = WorkerPool(_state.find_binaries())
+                await _state.pool.start(settings.llamacpp.local_workers)
+            watcher = asyncio.create_task(
+                _state.coordinators.watch(settings.llamacpp.idle_unload_s))
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await _state.coordinators.stop()
+            if _state.pool is not None:
+                await _state.pool.stop()
+                _state.pool = None
+
+
+@hookimpl
+def sollol_discover(settings: Settings) -> Awaitable[Sequence[Endpoint]]:
+    async def discover() -> Sequence[Endpoint]:
+        _state.settings = settings
+        _state.models = await asyncio.to_thread(catalogue.shardable, settings)
+        found = [Endpoint.parse(RPC_KIND, a, default_port=50052)
+                 for a in settings.discovery.rpc_backends]
+        found += [Endpoint.parse(SERVER_KIND, a, default_port=8080)
+                  for a in settings.discovery.llamacpp_servers]
+        if _state.pool is not None:
+            found += [w.endpoint for w in _state.pool.workers]
+        return found
+
+    return discover()
+
+
+@hookimpl
+def sollol_probe(endpoint: Endpoint, settings: Settings) -> Awaitable[NodeSnapshot] | None:
+    if endpoint.kind == SERVER_KIND:
+        async def probe_server() -> NodeSnapshot:
+            async with _state.sessions.session() as session:
+                return await server_http.probe_server(session, endpoint,
+                                                      settings.health.timeout_s)
+
+        return probe_server()
+    if endpoint.kind != RPC_KIND:
+        return None
+
+    async def probe_worker() -> NodeSnapshot:
+        holder = _holder_of(endpoint)
+        if holder is not None:  # held: a probe would wait for a HELLO that never comes
+            return NodeSnapshot(
+                endpoint=endpoint, health=Health.BUSY, taken_at=time.time(), role=Role.WORKER,
+                detail=f"held by the coordinator for {holder}",
+                models=catalogue.as_model_infos(_state.models, holder))
+        status = await probe_rpc(endpoint.host, endpoint.port,
+                                 timeout_s=min(settings.health.timeout_s, 1.0))
+        snapshot = snapshot_from(endpoint, status)
+        return evolve(snapshot, models=catalogue.as_model_infos(_state.models, None))
+
+    return probe_worker()
+
+
+def _holder_of(endpoint: Endpoint) -> str | None:
+    if _state.coordinators is None:
+        return None
+    for coordinator in _state.coordinators.running.values():
+        if coordinator.alive and endpoint.key in {w.key for w in coordinator.workers}:
+            return coordinator.model
+    return None
+
+
+@hookimpl
+def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
+    """Shard when forced, or when no healthy node holds the model whole; else defer."""
+    model = request.model
+    forced = any(model_key(model) == model_key(m) for m in _state.settings.llamacpp.shard)
+    if not forced and any(n.holds(model) for n in fleet.healthy(Role.NODE)):
+        return None
+    workers = [n for n in fleet.nodes if n.role is Role.WORKER and n.holds(model)
+               and (n.health is Health.UP or (n.health is Health.BUSY and n.has_loaded(model)))]
+    if not workers:
+        return None
+    # A coordinator already serving this model keeps its workers: reuse beats reload.
+    serving = [n for n in workers if n.has_loaded(model)]
+    chosen = serving or _fewest([n for n in workers if n.health is Health.UP], model)
+    if not chosen:
+        return None
+    chosen = sorted(chosen, key=lambda n: n.endpoint.key)
+    why = "forced by [llamacpp] shard" if forced else "no healthy node holds it whole"
+    plan = ShardPlan(workers=tuple(n.endpoint for n in chosen), tensor_split=())
+    verb = "reusing its coordinator on" if serving else "split by llama.cpp over"
+    return Decision.sharded(request, plan, policy=POLICY,
+                            reason=f"{why}; {verb} {len(chosen)} RPC workers")
+
+
+def _fewest(free: list[NodeSnapshot], model: str) -> list[NodeSnapshot]:
+    """The fewest free workers (most memory first) whose memory holds the weights with room to
+    spare, but at least ``min_shard_workers`` when there are that many. The memory-aware planner
+    of the [placement] work replaces this rough rule."""
+    size = next((m.size_bytes for n in free for m in n.models if model_key(m.name)
+                 == model_key(model)), 0)
+    need = int(size * 1.2)
+    ranked = sorted(free, key=lambda n: (-n.free_bytes, n.endpoint.key))
+    least = min(_state.settings.llamacpp.min_shard_workers, len(ranked))
+    chosen: list[NodeSnapshot] = []
+    for node in ranked:
+        chosen.append(node)
+        if len(chosen) >= least and sum(n.free_bytes for n in chosen) >= need:
+            return chosen
+    return []
+
+
+@hookimpl
+def sollol_execute(request: InferenceRequest, decision: Decision,
+                   settings: Settings) -> AsyncIterator[Chunk] | None:
+    if decision.plan is not None:
+        return _run_sharded(request, decision.plan, settings)
+    if decision.target is not None and decision.target.kind == SERVER_KIND:
+        return _run_on(f"http://{decision.target.address}", request, decision.target.address)
+    return None
+
+
+async def _run_on(base_url: str, request: InferenceRequest, label: str) -> AsyncIterator[Chunk]:
+    async with _state.sessions.session() as session:
+        async for chunk in server_http.run(session, base_url, request, label):
+            yield chunk
+
+
+async def _run_sharded(request: InferenceRequest, plan: ShardPlan,
+                       settings: Settings) -> AsyncIterator[Chunk]:
+    gguf = _state.gguf_for(request.model)
+    coordinators = _state.coordinators
+    if gguf is None or coordinators is None:
+        raise BackendError(f"no GGUF file is known for {request.model}", retryable=False)
+    tries = 1 if request.stream else 2  # a non-streamed request survives one coordinator crash
+    for attempt in range(1, tries + 1):
+        coordinator = await coordinators.ensure(
+            request.model, gguf, plan.workers, plan.tensor_split,
+            context_size=settings.llamacpp.context_size, parallel=settings.llamacpp.parallel,
+            timeout_s=settings.llamacpp.coordinator_timeout_s)
+        try:
+            async for chunk in _run_on(coordinator.url, request, f"coordinator {coordinator.url}"):
+                yield chunk
+            coordinator.last_used = time.monotonic()
+            return
+        except BackendError:
+            await asyncio.sleep(0.2)
+            if coordinator.alive or attempt == tries:
+                raise
+            log.warning("the coordinator for %s died mid-request; restarting it", request.model)
+            await coordinators.forget_dead()
+
+
+@hookimpl
+def sollol_register_commands(cli: click.Group) -> None:
+    from sollol_llamacpp.commands import llamacpp
+
+    cli.add_command(llamacpp)

