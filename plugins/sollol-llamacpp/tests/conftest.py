@@ -6,10 +6,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from sollol_core.config import ENVIRONMENT
 from sollol_llamacpp.binaries import Binaries, BinariesNotFound
 from sollol_llamacpp.testing import gemma_gguf, require_binaries, rpc_workers
+
+from sollol_core.config import ENVIRONMENT
 
 LLAMA_PROCESSES = {"llama-server", "ggml-rpc-server", "rpc-server"}
 

@@ -15,12 +15,12 @@ import ollama
 import openai
 import pytest
 from aiohttp import web
+from sollol_llamacpp.binaries import Binaries
 
 from sollol_core.config import Settings
 from sollol_core.gateway.app import create_app
 from sollol_core.router import Router
 from sollol_core.types import Health, Role
-from sollol_llamacpp.binaries import Binaries
 
 MODEL = "gemma3:270m"
 
@@ -35,7 +35,7 @@ def free_port() -> int:
 async def llama_node(binaries: Binaries, gemma: Path,
                      tmp_path: Path) -> AsyncIterator[str]:
     port = free_port()
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
         [str(binaries.llama_server), "-m", str(gemma), "-a", MODEL, "--host", "127.0.0.1",
          "--port", str(port), "-c", "1024", "-np", "2"],
         stdout=(tmp_path / "node.log").open("wb"), stderr=subprocess.STDOUT)

@@ -14,15 +14,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sollol_llamacpp.binaries import Binaries
+from sollol_llamacpp.plugin import _state
+from sollol_llamacpp.rpc_probe import probe_rpc
+from sollol_llamacpp.testing import rpc_workers
 
 from sollol_core.config import Settings
 from sollol_core.errors import BackendError
 from sollol_core.router import Router
 from sollol_core.types import Health, InferenceRequest, Operation
-from sollol_llamacpp.binaries import Binaries
-from sollol_llamacpp.plugin import _state
-from sollol_llamacpp.rpc_probe import probe_rpc
-from sollol_llamacpp.testing import rpc_workers
 
 PROMPT = "The three primary colours are"
 SAMPLING = {"temperature": 0, "num_predict": 24, "seed": 1}
@@ -147,7 +147,9 @@ async def test_coordinator_is_reused_then_unloaded_when_idle(
         (again,) = _state.coordinators.running.values()
         assert again is first and again.child.pid == first.child.pid  # reused, not restarted
         deadline = time.monotonic() + 10
-        while _state.coordinators.running and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if not _state.coordinators.running:
+                break
             await asyncio.sleep(0.2)
         assert not _state.coordinators.running
         assert first.child.process.returncode is not None
@@ -177,7 +179,7 @@ async def test_killing_a_worker_mid_generation_fails_clearly_then_rebuilds_on_th
             victim = held[0]
             received = 0
             with pytest.raises(BackendError) as failure:
-                async for chunk in reply:
+                async for _chunk in reply:
                     received += 1
                     if received == 3:
                         _kill_listener(victim.port)

@@ -6,7 +6,6 @@ import asyncio
 
 import psutil
 import pytest
-
 from sollol_llamacpp.binaries import Binaries
 from sollol_llamacpp.rpc_probe import probe_rpc
 from sollol_llamacpp.workers import WorkerError, WorkerPool
@@ -40,7 +39,7 @@ async def test_workers_start_on_loopback_restart_after_a_crash_and_stop(
 
 async def test_a_non_loopback_address_needs_an_explicit_choice(binaries: Binaries) -> None:
     pool = WorkerPool(binaries)
-    with pytest.raises(WorkerError, match="unauthenticated.*--allow-remote"):
+    with pytest.raises(WorkerError, match=r"unauthenticated.*--allow-remote"):
         await pool.start(1, host="192.0.2.10")
     assert pool.workers == []
 

@@ -1,5 +1,6 @@
 """Talking to a llama-server (a whole-model node or a coordinator SOLLOL started): run a request
-through its OpenAI endpoints, and probe it via ``/health``, ``/props``, ``/slots``, ``/v1/models``."""
+through its OpenAI endpoints, and probe it via ``/health``, ``/props``, ``/slots``,
+``/v1/models``."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ async def run(session: aiohttp.ClientSession, base_url: str, request: InferenceR
     try:
         async with session.post(f"{base_url}{path}", json=body) as response:
             if response.status != 200:
-                raise BackendError(f"{label}: {_error_text(await response.read(), response.status)}",
+                text = _error_text(await response.read(), response.status)
+                raise BackendError(f"{label}: {text}",
                                    status=response.status, retryable=response.status in RETRYABLE)
             if not request.stream:
                 yield from_openai(request, await response.json(content_type=None), started)
@@ -85,7 +87,7 @@ async def probe_server(session: aiohttp.ClientSession, endpoint: Endpoint,
     base = f"http://{endpoint.address}"
     started = time.monotonic()
     try:
-        status, health = await _get_json(session, f"{base}/health", timeout_s)
+        status, _health = await _get_json(session, f"{base}/health", timeout_s)
         latency = (time.monotonic() - started) * 1000
         if status == 503:
             return NodeSnapshot.down(endpoint, "loading its model")
