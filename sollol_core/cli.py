@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -56,13 +57,29 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 @click.group(context_settings=CONTEXT)
 @click.option("--config", "config_path", metavar="FILE", envvar="SOLLOL_CONFIG",
               help="TOML settings file (default: $SOLLOL_CONFIG).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True, help="What SOLLOL logs to stderr.")
 @click.version_option(package_name="sollol-core", prog_name="sollol")
-def cli(config_path: str | None) -> None:
+def cli(config_path: str | None, log_level: str) -> None:
     """SOLLOL: one endpoint in front of your Ollama and llama.cpp machines.
 
     Settings come from flags, then SOLLOL_* environment variables, then the TOML file given with
     --config, then defaults. See docs/configuration.md.
     """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("sollol: %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)  # other libraries: warnings only
+    for name in ("sollol_core", *(n.replace("-", "_") for n in _plugin_packages())):
+        logging.getLogger(name).setLevel(log_level.upper())
+
+
+def _plugin_packages() -> list[str]:
+    import importlib.metadata
+
+    return [ep.value.split(".")[0].split(":")[0]
+            for ep in importlib.metadata.entry_points(group="sollol")]
 
 
 @cli.command(context_settings=CONTEXT)

@@ -205,3 +205,19 @@ def _kill_listener(port: int) -> None:
                     process.kill()
                     return
     raise AssertionError(f"no RPC worker listens on {port}")
+
+
+async def test_a_coordinator_crash_mid_request_is_survived_by_a_non_streamed_request(
+        gemma: Path, shared_workers: list[str]) -> None:
+    async with router(shared_workers[:2], {"gemma3:270m": gemma}) as r:
+        await r.run(raw_generate("gemma3:270m", num_predict=2))
+        assert _state.coordinators is not None
+        (crashed,) = _state.coordinators.running.values()
+        request = asyncio.create_task(r.run(raw_generate("gemma3:270m", num_predict=300)))
+        await asyncio.sleep(1.0)
+        crashed.child.process.kill()
+        chunks, routing = await request
+        (replacement,) = _state.coordinators.running.values()
+    assert chunks[-1]["done"] and chunks[-1]["eval_count"] > 0
+    assert replacement.child.pid != crashed.child.pid
+    assert routing.backend == "sharded"

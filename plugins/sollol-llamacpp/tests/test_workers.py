@@ -53,3 +53,22 @@ async def test_a_worker_that_cannot_start_names_its_log(binaries: Binaries) -> N
             await pool._launch("127.0.0.1", endpoint.port, None)
     finally:
         await pool.stop()
+
+
+async def test_sweep_finds_workers_that_answer_hello_and_nothing_else(
+        binaries: Binaries) -> None:
+    from sollol_llamacpp.sweep import RpcSweep
+
+    hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    pool = WorkerPool(binaries)
+    silent = await asyncio.start_server(lambda r, w: None, hosts[2], 50552)
+    try:
+        for host in hosts[:2]:
+            await pool.start(1, host=host, first_port=50552)
+        found = await RpcSweep().sweep(["127.0.0.0/29"], 0.5, port=50552)
+    finally:
+        silent.close()
+        await silent.wait_closed()
+        await pool.stop()
+    assert sorted(e.address for e in found) == ["127.0.0.2:50552", "127.0.0.3:50552"]
+    assert {e.source for e in found} == {"network"}

@@ -54,7 +54,7 @@ def install(
 ) -> Binaries:
     """Build (or find already built) llama-server and the RPC worker in SOLLOL's cache."""
     env = dict(os.environ if environ is None else environ)
-    console = Console(stderr=True, quiet=not progress, highlight=False)
+    console = Console(stderr=True, quiet=not progress, highlight=False, soft_wrap=True)
     root = bins.cache_root(env)
     source_arg = source if source is not None else env.get(SOURCE_ENV) or None
     tree = _source_tree(Path(source_arg).expanduser()) if source_arg is not None else None
@@ -333,7 +333,9 @@ def install_command() -> click.Command:
         except (BuildError, BinariesNotFound) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        took = time.monotonic() - started
+        took_text = f"{int(took // 60)}m{int(took % 60):02d}s" if took >= 60 else f"{took:.1f}s"
         click.echo(f"llama-server:  {binaries.llama_server}\nrpc worker:    {binaries.rpc_server}\n"
-                   f"llama.cpp {binaries.version}, ready in {time.monotonic() - started:.1f}s")
+                   f"llama.cpp {binaries.version}, ready in {took_text}")
 
     return command

@@ -48,16 +48,16 @@ def start(count: int, host: str, first_port: int, allow_remote: bool,
 async def _serve_workers(count: int, host: str, first_port: int, allow_remote: bool,
                          threads: int | None) -> None:
     pool = WorkerPool(require_binaries(), warn=lambda line: click.echo(line, err=True))
-    endpoints = await pool.start(count, host=host, first_port=first_port,
-                                 allow_remote=allow_remote, threads=threads)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before anything starts: Ctrl-C always cleans up
+        loop.add_signal_handler(sig, stop.set)
     try:
+        endpoints = await pool.start(count, host=host, first_port=first_port,
+                                     allow_remote=allow_remote, threads=threads)
         addresses = ",".join(e.address for e in endpoints)
         click.echo(f"{count} RPC workers running; Ctrl-C stops them.")
         click.echo(f'export RPC_BACKENDS="{addresses}"')
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await pool.stop()

@@ -4,7 +4,6 @@ unloads. One per model, each on its own set of workers (a worker serves one coor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ class Coordinator:
     started_at: float = field(factory=time.time)
     last_used: float = field(factory=time.monotonic)
     ready_s: float = 0.0
+    failed_checks: int = 0
 
     @property
     def url(self) -> str:
@@ -161,10 +161,29 @@ class Coordinators:
         for key in list(self.running):
             await self._retire(key, "SOLLOL is stopping")
 
+    async def check_health(self, session: aiohttp.ClientSession) -> None:
+        """A coordinator whose ``/health`` fails three times in a row is stopped; its model
+        starts afresh on the next request."""
+        for key, coordinator in list(self.running.items()):
+            try:
+                async with session.get(f"{coordinator.url}/health",
+                                       timeout=aiohttp.ClientTimeout(total=5)) as response:
+                    healthy = response.status == 200
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                healthy = False
+            coordinator.failed_checks = 0 if healthy else coordinator.failed_checks + 1
+            if coordinator.failed_checks >= 3:
+                await self._retire(key, "its /health failed three times")
+
     async def watch(self, idle_s: float, every_s: float = 2.0) -> None:
-        """Background duty while a router runs: reap crashed coordinators, unload idle ones."""
-        while True:
-            await asyncio.sleep(every_s)
-            with contextlib.suppress(Exception):
-                await self.forget_dead()
-                await self.unload_idle(idle_s)
+        """Background duty while a router runs: reap crashed coordinators, stop unhealthy ones,
+        unload idle ones."""
+        async with aiohttp.ClientSession() as session:
+            while True:
+                await asyncio.sleep(every_s)
+                try:
+                    await self.forget_dead()
+                    await self.check_health(session)
+                    await self.unload_idle(idle_s)
+                except Exception:
+                    log.exception("coordinator watch failed")

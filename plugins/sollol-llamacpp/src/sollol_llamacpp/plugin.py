@@ -37,6 +37,7 @@ from sollol_llamacpp import catalogue, server_http
 from sollol_llamacpp.binaries import Binaries, require_binaries
 from sollol_llamacpp.coordinator import Coordinators
 from sollol_llamacpp.rpc_probe import probe_rpc, snapshot_from
+from sollol_llamacpp.sweep import RpcSweep
 from sollol_llamacpp.workers import KIND as RPC_KIND
 from sollol_llamacpp.workers import WorkerPool
 
@@ -69,6 +70,7 @@ class State:
 
 
 _state = State()
+_sweeper = RpcSweep()
 
 
 @hookimpl
@@ -111,6 +113,9 @@ def sollol_discover(settings: Settings) -> Awaitable[Sequence[Endpoint]]:
                   for a in settings.discovery.llamacpp_servers]
         if _state.pool is not None:
             found += [w.endpoint for w in _state.pool.workers]
+        if settings.discovery.subnets:
+            found += await _sweeper.sweep(settings.discovery.subnets,
+                                          settings.discovery.timeout_s)
         return found
 
     return discover()

@@ -75,7 +75,7 @@ class WorkerPool:
                     f"refusing to bind RPC workers to {host}: the RPC protocol is "
                     "unauthenticated; pass allow_remote (--allow-remote) to do it anyway")
             self.warn(UNAUTHENTICATED_WARNING.format(host=host))
-        taken = [w.port for w in self.workers]
+        taken = [w.port for w in self.workers if w.host == host]
         started: list[LocalWorker] = []
         try:
             for port in free_ports(host, count, first_port, taken):
