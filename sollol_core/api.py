@@ -154,14 +154,18 @@ class HybridRouter:
             raise ValueError(f"num_rpc_backends must be at least 1, got {num_rpc_backends}")
         if ollama_pool is None:
             ollama_pool = OllamaPool(settings=settings, plugins=plugins)
-        if rpc_backends:
-            current = ollama_pool.router.settings
-            discovery = attrs.evolve(
-                current.discovery,
-                rpc_backends=current.discovery.rpc_backends
-                + tuple(_address(b) for b in rpc_backends))
-            ollama_pool.router.settings = attrs.evolve(current, discovery=discovery)
-            ollama_pool.router.fleet.settings = ollama_pool.router.settings
+        current = ollama_pool.router.settings
+        discovery = attrs.evolve(
+            current.discovery,
+            rpc_backends=current.discovery.rpc_backends
+            + tuple(_address(b) for b in rpc_backends or ()))
+        llamacpp = attrs.evolve(
+            current.llamacpp, coordinator_timeout_s=coordinator_timeout,
+            local_workers=num_rpc_backends if enable_distributed and auto_setup_rpc
+            else current.llamacpp.local_workers)
+        ollama_pool.router.settings = attrs.evolve(current, discovery=discovery,
+                                                   llamacpp=llamacpp)
+        ollama_pool.router.fleet.settings = ollama_pool.router.settings
         self.pool = ollama_pool
         self.enable_distributed = enable_distributed
         self.auto_discover_rpc = auto_discover_rpc

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from sollol_llamacpp.binaries import Binaries
 
 SOLLOL = shutil.which("sollol", path=str(Path(sys.executable).parent)) or "sollol"

@@ -221,3 +221,48 @@ async def test_a_coordinator_crash_mid_request_is_survived_by_a_non_streamed_req
     assert chunks[-1]["done"] and chunks[-1]["eval_count"] > 0
     assert replacement.child.pid != crashed.child.pid
     assert routing.backend == "sharded"
+
+
+def ollama_store(root: Path, gguf: Path, name: str = "gemma3", tag: str = "270m") -> Path:
+    """A store laid out like Ollama's: a real manifest and the real GGUF as its blob."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    (root / "blobs").mkdir(parents=True)
+    (root / "blobs" / f"sha256-{digest}").symlink_to(gguf)
+    config = b'{"model_format":"gguf","model_family":"gemma3"}'
+    config_digest = hashlib.sha256(config).hexdigest()
+    (root / "blobs" / f"sha256-{config_digest}").write_bytes(config)
+    manifest = root / "manifests" / "registry.ollama.ai" / "library" / name / tag
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": f"sha256:{config_digest}", "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.ollama.image.model",
+                    "digest": f"sha256:{digest}", "size": gguf.stat().st_size}]}))
+    return root
+
+
+async def test_the_python_api_starts_workers_and_shards_a_model_from_the_ollama_store(
+        gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sollol_core import HybridRouter, OllamaPool
+    from sollol_core.config import PluginSettings
+    from sollol_core.plugins import Plugins
+
+    monkeypatch.setenv("OLLAMA_MODELS", str(ollama_store(tmp_path / "models", gemma)))
+    pool = OllamaPool(plugins=Plugins.load(PluginSettings(load=("llamacpp",))))
+    async with HybridRouter(pool, enable_distributed=True, auto_setup_rpc=True,
+                            num_rpc_backends=2) as hybrid:
+        assert _state.pool is not None and len(_state.pool.workers) == 2
+        pids = [w.child.pid for w in _state.pool.workers]
+        reply = await hybrid.route_request(
+            "gemma3:270m", [{"role": "user", "content": "Hi"}], max_tokens=4)
+        assert await hybrid.should_use_distributed("gemma3:270m")
+    assert reply["_routing"]["backend"] == "sharded"
+    assert reply["done"] and reply["message"]["role"] == "assistant"
+    import psutil
+    assert not [p for p in pids if psutil.pid_exists(p)
+                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
