@@ -266,3 +266,15 @@ async def test_the_python_api_starts_workers_and_shards_a_model_from_the_ollama_
     import psutil
     assert not [p for p in pids if psutil.pid_exists(p)
                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_a_sharded_coordinator_answers_embeddings_and_chat(
+        gemma: Path, shared_workers: list[str]) -> None:
+    async with router(shared_workers[:2], {"gemma3:270m": gemma}) as r:
+        embedded, _ = await r.run(InferenceRequest.embed("gemma3:270m", ["red", "blue"]))
+        chatted, routing = await r.run(InferenceRequest.chat(
+            "gemma3:270m", [{"role": "user", "content": "Hi"}], options={"num_predict": 4}))
+    vectors = embedded[-1]["embeddings"]
+    assert len(vectors) == 2 and len(vectors[0]) == 640 and vectors[0] != vectors[1]
+    assert chatted[-1]["message"]["role"] == "assistant" and chatted[-1]["done"]
+    assert routing.backend == "sharded"

@@ -51,7 +51,9 @@ def command(binaries: Binaries, gguf: Path, workers: Sequence[Endpoint],
             parallel: int) -> list[str]:
     argv = [str(binaries.llama_server), "-m", str(gguf), "--host", "127.0.0.1",
             "--port", str(port), "-c", str(context_size), "-np", str(parallel), "-ngl", "99",
-            "--rpc", ",".join(w.address for w in workers)]
+            "--rpc", ",".join(w.address for w in workers),
+            # /v1/embeddings too (mean pooling): generation is unchanged by it
+            "--embeddings", "--pooling", "mean"]
     if tensor_split:
         argv += ["-ts", ",".join(f"{share:g}" for share in tensor_split)]
     return argv
