@@ -204,8 +204,16 @@ class NodeSnapshot:
     def holds(self, model: str) -> bool:
         return model_key(model) in self._model_keys
 
+    def holds_key(self, key: str) -> bool:
+        """:meth:`holds` for a name already normalised with :func:`model_key` (hot loops)."""
+        return key in self._model_keys
+
     def has_loaded(self, model: str) -> bool:
         return self._model_keys.get(model_key(model), False)
+
+    def has_loaded_key(self, key: str) -> bool:
+        """:meth:`has_loaded` for a name already normalised with :func:`model_key`."""
+        return self._model_keys.get(key, False)
 
 
 @functools.lru_cache(maxsize=4096)
