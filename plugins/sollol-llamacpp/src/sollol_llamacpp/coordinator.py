@@ -46,9 +46,28 @@ class Coordinator:
         return self.child.alive
 
 
+#: llama.cpp's built-in chat templates for architectures whose GGUF may carry none (llama.cpp
+#: would fall back to ChatML, which these models do not speak).
+BUILTIN_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "phi3": "phi3"}
+
+
+def fallback_chat_template(gguf: Path) -> str | None:
+    """The built-in template to use when the GGUF has no ``tokenizer.chat_template``."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(gguf)
+    if "tokenizer.chat_template" in reader.fields:
+        return None
+    field = reader.fields.get("general.architecture")
+    if field is None or not field.data:
+        return None
+    architecture = bytes(field.parts[field.data[0]]).decode(errors="replace")
+    return BUILTIN_TEMPLATES.get(architecture)
+
+
 def command(binaries: Binaries, gguf: Path, workers: Sequence[Endpoint],
             tensor_split: Sequence[float], port: int, context_size: int,
-            parallel: int) -> list[str]:
+            parallel: int, chat_template: str | None = None) -> list[str]:
     argv = [str(binaries.llama_server), "-m", str(gguf), "--host", "127.0.0.1",
             "--port", str(port), "-c", str(context_size), "-np", str(parallel), "-ngl", "99",
             "--rpc", ",".join(w.address for w in workers),
@@ -56,6 +75,8 @@ def command(binaries: Binaries, gguf: Path, workers: Sequence[Endpoint],
             "--embeddings", "--pooling", "mean"]
     if tensor_split:
         argv += ["-ts", ",".join(f"{share:g}" for share in tensor_split)]
+    if chat_template:  # a built-in name: only the non-Jinja path knows them
+        argv += ["--no-jinja", "--chat-template", chat_template]
     return argv
 
 
@@ -93,7 +114,9 @@ async def launch(binaries: Binaries, model: str, gguf: Path, workers: Sequence[E
                  tensor_split: Sequence[float], *, context_size: int, parallel: int,
                  timeout_s: float, progress: Callable[[str], None]) -> Coordinator:
     port = ephemeral_port()
-    argv = command(binaries, gguf, workers, tensor_split, port, context_size, parallel)
+    template = await asyncio.to_thread(fallback_chat_template, gguf)
+    argv = command(binaries, gguf, workers, tensor_split, port, context_size, parallel,
+                   template)
     safe = model.replace("/", "_").replace(":", "_")
     child = await Child.spawn(argv, logs_dir() / f"coordinator-{safe}-{port}.log")
     coordinator = Coordinator(model, gguf, tuple(workers), tuple(tensor_split), port, child)

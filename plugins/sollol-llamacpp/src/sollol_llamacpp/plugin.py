@@ -241,6 +241,7 @@ async def _run_sharded(request: InferenceRequest, plan: ShardPlan,
 
 @hookimpl
 def sollol_register_commands(cli: click.Group) -> None:
-    from sollol_llamacpp.commands import llamacpp
+    from sollol_llamacpp.commands import demo, llamacpp
 
     cli.add_command(llamacpp)
+    cli.add_command(demo)

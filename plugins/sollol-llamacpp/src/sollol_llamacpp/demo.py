@@ -1,0 +1,119 @@
+"""``sollol demo``: a whole local cluster on one machine, and two requests through it.
+
+It starts two RPC workers, one whole-model llama-server node (Gemma 3 270M from PyPI), any Ollama
+found on localhost, and the gateway; sends one request that runs whole and one that is sharded
+(forced by configuration, since the demo model fits anywhere); prints each answer with its routing
+decision; then serves until Ctrl-C (or stops at once with ``--once``). Everything it started stops
+with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import attrs
+from aiohttp import web
+
+from sollol_core.config import Settings
+from sollol_core.gateway.app import create_app
+from sollol_core.gateway.serve import PortInUseError
+from sollol_core.plugins import Plugins
+from sollol_core.router import Router
+from sollol_llamacpp.binaries import Binaries
+from sollol_llamacpp.coordinator import fallback_chat_template
+from sollol_llamacpp.processes import Child, ephemeral_port, logs_dir
+
+WHOLE = "gemma3:270m"
+SHARDED = "gemma3:270m-split"
+QUESTION = "Name the three primary colours."
+
+
+async def _start_node(binaries: Binaries, gguf: Path, say: Callable[[str], None]) -> tuple[
+        Child, str]:
+    port = ephemeral_port()
+    argv = [str(binaries.llama_server), "-m", str(gguf), "-a", WHOLE, "--host", "127.0.0.1",
+            "--port", str(port), "-c", "2048", "-np", "2"]
+    template = await asyncio.to_thread(fallback_chat_template, gguf)
+    if template:
+        argv += ["--no-jinja", "--chat-template", template]
+    child = await Child.spawn(argv, logs_dir() / f"demo-node-{port}.log")
+    address = f"127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for second in range(1200):
+            if not child.alive:
+                raise RuntimeError(f"llama-server exited; log: {child.log_path}\n"
+                                   f"{child.log_tail()}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://{address}/health") as response:
+                    if response.status == 200:
+                        return child, address
+            if second and second % 50 == 0:
+                say(f"  loading {WHOLE} on the whole-model node... {second / 10:.0f} s")
+            await asyncio.sleep(0.1)
+    await child.stop()
+    raise RuntimeError(f"llama-server did not come up in 120 s; log: {child.log_path}")
+
+
+async def _ask(url: str, model: str, say: Callable[[str], None]) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": QUESTION}],
+            "stream": False, "options": {"temperature": 0, "num_predict": 48}}
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(timeout=timeout) as session, \
+            session.post(f"{url}/api/chat", json=body) as response:
+        answer = await response.json()
+        if response.status != 200:
+            say(f"  {model}: HTTP {response.status}: {answer.get('error')}")
+            return
+        say(f"\n> {QUESTION}   [model {model}]")
+        say(f"  answer: {answer['message']['content'].strip()!r}")
+        say(f"  ran on: {response.headers['X-Sollol-Backend']}")
+        say(f"  why:    {response.headers['X-Sollol-Reason']}")
+        say(f"  took:   {answer.get('total_duration', 0) / 1e9:.2f} s, "
+            f"{answer.get('eval_count', 0)} tokens")
+
+
+async def run_demo(settings: Settings, plugins: Plugins, binaries: Binaries, gguf: Path, *,
+                   once: bool, say: Callable[[str], None]) -> None:
+    say(f"Starting a whole-model llama-server node with {gguf.name}...")
+    node, address = await _start_node(binaries, gguf, say)
+    try:
+        llamacpp = attrs.evolve(settings.llamacpp, local_workers=2,
+                                models={**settings.llamacpp.models, SHARDED: str(gguf)},
+                                shard=(*settings.llamacpp.shard, SHARDED))
+        discovery = attrs.evolve(settings.discovery, llamacpp_servers=(
+            *settings.discovery.llamacpp_servers, address))
+        settings = attrs.evolve(settings, llamacpp=llamacpp, discovery=discovery)
+        router = Router.create(settings, plugins)
+        runner = web.AppRunner(create_app(router), access_log=None)
+        await runner.setup()
+        try:
+            gateway = settings.gateway
+            try:
+                await web.TCPSite(runner, gateway.host, gateway.port).start()
+            except OSError as exc:
+                raise PortInUseError(f"cannot listen on {gateway.host}:{gateway.port} ({exc}); "
+                                     "pick another port with --port") from None
+            url = f"http://{gateway.host}:{gateway.port}"
+            nodes = router.fleet.snapshot().nodes
+            say(f"Gateway on {url}; {len(nodes)} endpoints: "
+                + ", ".join(f"{n.endpoint.key} ({n.health.value})" for n in nodes))
+            await _ask(url, WHOLE, say)
+            await _ask(url, SHARDED, say)
+            if once:
+                return
+            say(f"\nServing on {url} (Ollama and OpenAI APIs); Ctrl-C stops everything.")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+    finally:
+        await node.stop()
+        say("Stopped: gateway, coordinator, RPC workers and the llama-server node.")
