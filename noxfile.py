@@ -13,7 +13,8 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "tests"]
 
 ROOT = Path(__file__).parent
-PLUGIN_SOURCES = sorted(str(p) for p in ROOT.glob("plugins/*/src"))
+PLUGIN_SOURCES = sorted(str(p) for pattern in ("plugins/*/src", "docs/examples/*/src")
+                        for p in ROOT.glob(pattern))
 
 
 def install(session: nox.Session) -> None:

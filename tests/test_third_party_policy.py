@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-DISTRIBUTION = "sollol-pin-policy"
+DISTRIBUTION = "sollol-pin-fixture"
 
 PYPROJECT = """
 [build-system]
@@ -22,15 +22,15 @@ requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
 
 [project]
-name = "sollol-pin-policy"
+name = "sollol-pin-fixture"
 version = "0.0.1"
 dependencies = ["sollol-core"]
 
 [tool.setuptools]
-py-modules = ["sollol_pin_policy"]
+py-modules = ["sollol_pin_fixture"]
 
 [project.entry-points.sollol]
-pin = "sollol_pin_policy"
+pin-fixture = "sollol_pin_fixture"
 """
 
 POLICY = '''
@@ -45,7 +45,7 @@ def sollol_place(request, fleet):
         return None
     for node in fleet.healthy():
         if node.endpoint.host == "b":
-            return Decision.whole(request, node.endpoint, policy="pin",
+            return Decision.whole(request, node.endpoint, policy="pin-fixture",
                                   reason="llama3.2 is pinned to b")
     return None
 '''
@@ -77,7 +77,7 @@ def installed_policy(tmp_path: Path) -> Iterator[None]:
     source = tmp_path / "policy"
     source.mkdir()
     (source / "pyproject.toml").write_text(PYPROJECT)
-    (source / "sollol_pin_policy.py").write_text(POLICY)
+    (source / "sollol_pin_fixture.py").write_text(POLICY)
     # No index, no build isolation: the build uses this environment's setuptools, offline.
     pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(source))
     try:
@@ -112,22 +112,22 @@ def test_pip_installed_policy_changes_the_decision_and_blocking_restores_it(
     sollol = shutil.which("sollol", path=str(Path(sys.executable).parent)) or "sollol"
 
     listed = json.loads(run([sollol, "plugins", "--json"], fleet_path))
-    pin = next(p for p in listed if p["name"] == "pin")
+    pin = next(p for p in listed if p["name"] == "pin-fixture")
     assert (pin["state"], pin["distribution"], pin["version"]) == \
         ("enabled", DISTRIBUTION, "0.0.1")
     assert pin["hooks"] == ["sollol_place"]
 
     pinned = json.loads(run([sys.executable, "-c", ASK], fleet_path))
-    assert pinned["routing"]["policy"] == "pin"
+    assert pinned["routing"]["policy"] == "pin-fixture"
     assert pinned["routing"]["node"] == "b:11434"
     assert pinned["answer"] == "answered by b"
 
-    blocked_env = {"SOLLOL_DISABLE_PLUGINS": "pin"}
+    blocked_env = {"SOLLOL_DISABLE_PLUGINS": "pin-fixture"}
     default = json.loads(run([sys.executable, "-c", ASK], fleet_path, **blocked_env))
     assert default["routing"]["policy"] == "default"
     assert default["routing"]["node"] == "a:11434"
     assert default["answer"] == "answered by a"
 
     listed = json.loads(run([sollol, "plugins", "--json"], fleet_path, **blocked_env))
-    assert next(p for p in listed if p["name"] == "pin")["state"] == "blocked"
+    assert next(p for p in listed if p["name"] == "pin-fixture")["state"] == "blocked"
 
