@@ -161,6 +161,7 @@ class HybridRouter:
             + tuple(_address(b) for b in rpc_backends or ()))
         llamacpp = attrs.evolve(
             current.llamacpp, coordinator_timeout_s=coordinator_timeout,
+            layer_strategy=layer_strategy,
             local_workers=num_rpc_backends if enable_distributed and auto_setup_rpc
             else current.llamacpp.local_workers)
         ollama_pool.router.settings = attrs.evolve(current, discovery=discovery,

@@ -66,6 +66,15 @@ def _networks(_: Any, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[
             ) from None
 
 
+def _one_of(*allowed: str) -> Any:
+    def check(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in allowed:
+            raise InvalidSetting(attribute.name,
+                                 f"expected one of {', '.join(allowed)}, got {value!r}")
+
+    return check
+
+
 def _names(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
     for item in value or ():
         if not item or any(c.isspace() for c in item):
@@ -146,6 +155,8 @@ class LlamacppSettings:
     local_workers: int = 0
     #: Workers a split uses at the least when that many are free (a split over one is no split).
     min_shard_workers: int = field(default=2, validator=_positive)
+    #: How layers are split: in proportion to free memory, or evenly.
+    layer_strategy: str = field(default="memory_aware", validator=_one_of("memory_aware", "even"))
 
 
 @frozen
@@ -202,6 +213,7 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_IDLE_UNLOAD": "llamacpp.idle_unload_s",
     "SOLLOL_LOCAL_WORKERS": "llamacpp.local_workers",
     "SOLLOL_MIN_SHARD_WORKERS": "llamacpp.min_shard_workers",
+    "SOLLOL_LAYER_STRATEGY": "llamacpp.layer_strategy",
 }
 
 

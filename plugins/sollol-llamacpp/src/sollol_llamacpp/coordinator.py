@@ -4,6 +4,7 @@ unloads. One per model, each on its own set of workers (a worker serves one coor
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -52,10 +53,17 @@ BUILTIN_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "ph
 
 
 def fallback_chat_template(gguf: Path) -> str | None:
-    """The built-in template to use when the GGUF has no ``tokenizer.chat_template``."""
+    """The built-in template to use when the GGUF has no ``tokenizer.chat_template``.
+    Cached per file version: reading a GGUF's metadata takes seconds for a large vocabulary."""
+    stat = gguf.stat()
+    return _fallback_chat_template(str(gguf), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _fallback_chat_template(path: str, _size: int, _mtime_ns: int) -> str | None:
     from gguf import GGUFReader
 
-    reader = GGUFReader(gguf)
+    reader = GGUFReader(path)
     if "tokenizer.chat_template" in reader.fields:
         return None
     field = reader.fields.get("general.architecture")
@@ -137,11 +145,17 @@ class Coordinators:
     binaries: Callable[[], Binaries]
     progress: Callable[[str], None] = log.info
     running: dict[str, Coordinator] = field(factory=dict)
+    #: Workers of coordinators being started, by model: claimed before llama-server connects.
+    starting: dict[str, tuple[Endpoint, ...]] = field(factory=dict)
     _locks: dict[str, asyncio.Lock] = field(factory=dict)
 
-    def holding(self) -> set[str]:
-        """Keys of the workers a live coordinator holds (they show as busy, not down)."""
-        return {w.key for c in self.running.values() if c.alive for w in c.workers}
+    def claimed(self, *, besides: str = "") -> set[str]:
+        """Keys of the workers held or being taken by coordinators of models other than
+        ``besides`` (a worker serves one coordinator; placement must not offer them)."""
+        skip = model_key(besides) if besides else ""
+        held = {w.key for k, c in self.running.items() if k != skip and c.alive
+                for w in c.workers}
+        return held | {w.key for k, ws in self.starting.items() if k != skip for w in ws}
 
     async def ensure(self, model: str, gguf: Path, workers: Sequence[Endpoint],
                      tensor_split: Sequence[float], *, context_size: int, parallel: int,
@@ -153,11 +167,19 @@ class Coordinators:
             if current is not None and current.alive and current.workers == tuple(workers):
                 current.last_used = time.monotonic()
                 return current
+            taken = self.claimed(besides=model) & {w.key for w in workers}
+            if taken:  # decided at the same moment as another model's plan: decide again
+                raise BackendError(f"workers {', '.join(sorted(taken))} were just taken by "
+                                   "another model's coordinator")
             if current is not None:
                 await self._retire(key, "its workers changed" if current.alive else "it exited")
-            coordinator = await launch(self.binaries(), model, gguf, workers, tensor_split,
-                                       context_size=context_size, parallel=parallel,
-                                       timeout_s=timeout_s, progress=self.progress)
+            self.starting[key] = tuple(workers)
+            try:
+                coordinator = await launch(self.binaries(), model, gguf, workers, tensor_split,
+                                           context_size=context_size, parallel=parallel,
+                                           timeout_s=timeout_s, progress=self.progress)
+            finally:
+                del self.starting[key]
             self.running[key] = coordinator
             return coordinator
 

@@ -36,6 +36,8 @@ from sollol_core.types import (
 from sollol_llamacpp import catalogue, server_http
 from sollol_llamacpp.binaries import Binaries, require_binaries
 from sollol_llamacpp.coordinator import Coordinators
+from sollol_llamacpp.estimate import ModelFootprint, read_footprint
+from sollol_llamacpp.planner import ModelNeeds, NoPlanFits, WorkerCapacity, plan_shards
 from sollol_llamacpp.rpc_probe import probe_rpc, snapshot_from
 from sollol_llamacpp.sweep import RpcSweep
 from sollol_llamacpp.workers import KIND as RPC_KIND
@@ -54,6 +56,7 @@ class State:
     sessions: Sessions = field(factory=Sessions)
     settings: Settings = field(factory=Settings)
     models: dict[str, Path] = field(factory=dict)
+    footprints: dict[str, ModelFootprint] = field(factory=dict)
     coordinators: Coordinators | None = None
     pool: WorkerPool | None = None
     binaries: Binaries | None = None
@@ -107,6 +110,7 @@ def sollol_discover(settings: Settings) -> Awaitable[Sequence[Endpoint]]:
     async def discover() -> Sequence[Endpoint]:
         _state.settings = settings
         _state.models = await asyncio.to_thread(catalogue.shardable, settings)
+        _state.footprints = await asyncio.to_thread(_footprints, _state.models)
         found = [Endpoint.parse(RPC_KIND, a, default_port=50052)
                  for a in settings.discovery.rpc_backends]
         found += [Endpoint.parse(SERVER_KIND, a, default_port=8080)
@@ -148,6 +152,17 @@ def sollol_probe(endpoint: Endpoint, settings: Settings) -> Awaitable[NodeSnapsh
     return probe_worker()
 
 
+def _footprints(models: dict[str, Path]) -> dict[str, ModelFootprint]:
+    """What each shardable model needs, read from its GGUF (cached per file; background)."""
+    found = {}
+    for name, path in models.items():
+        try:
+            found[model_key(name)] = read_footprint(path)
+        except Exception as exc:  # an unreadable GGUF is planned by file size instead
+            log.warning("cannot read %s (%s): %s", name, path, exc)
+    return found
+
+
 def _holder_of(endpoint: Endpoint) -> str | None:
     if _state.coordinators is None:
         return None
@@ -168,17 +183,39 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | 
                and (n.health is Health.UP or (n.health is Health.BUSY and n.has_loaded(model)))]
     if not workers:
         return None
-    # A coordinator already serving this model keeps its workers: reuse beats reload.
-    serving = [n for n in workers if n.has_loaded(model)]
-    chosen = serving or _fewest([n for n in workers if n.health is Health.UP], model)
-    if not chosen:
-        return None
-    chosen = sorted(chosen, key=lambda n: n.endpoint.key)
     why = "forced by [llamacpp] shard" if forced else "no healthy node holds it whole"
-    plan = ShardPlan(workers=tuple(n.endpoint for n in chosen), tensor_split=())
-    verb = "reusing its coordinator on" if serving else "split by llama.cpp over"
-    return Decision.sharded(request, plan, policy=POLICY,
-                            reason=f"{why}; {verb} {len(chosen)} RPC workers")
+    # A coordinator already serving this model keeps its workers: reuse beats reload.
+    serving = sorted((n for n in workers if n.has_loaded(model)), key=lambda n: n.endpoint.key)
+    if serving:
+        plan = ShardPlan(workers=tuple(n.endpoint for n in serving), tensor_split=())
+        return Decision.sharded(request, plan, policy=POLICY, reason=(
+            f"{why}; reusing its coordinator on {len(serving)} RPC workers"))
+    claimed = _state.coordinators.claimed(besides=model) if _state.coordinators else set()
+    free = [n for n in workers if n.health is Health.UP and n.endpoint.key not in claimed]
+    footprint = _state.footprints.get(model_key(model))
+    if footprint is None:  # no GGUF metadata: the fewest workers by file size, llama.cpp's split
+        chosen = sorted(_fewest(free, model), key=lambda n: n.endpoint.key)
+        if not chosen:
+            return None
+        plan = ShardPlan(workers=tuple(n.endpoint for n in chosen), tensor_split=())
+        return Decision.sharded(request, plan, policy=POLICY, reason=(
+            f"{why}; split by llama.cpp over {len(chosen)} RPC workers"))
+    options = _state.settings.llamacpp
+    needs = ModelNeeds(
+        layer_bytes=footprint.per_layer_total(options.context_size, options.parallel),
+        last_bytes=footprint.non_layer_bytes,
+        overhead_bytes=footprint.compute_buffer_bytes(options.context_size,
+                                                      parallel=options.parallel))
+    try:
+        plan = plan_shards(needs, [WorkerCapacity.of(n) for n in free],
+                           strategy=options.layer_strategy,  # type: ignore[arg-type]
+                           min_workers=options.min_shard_workers)
+    except NoPlanFits as exc:
+        return Decision.refuse(request, policy=POLICY, reason=f"{why}, but {exc}")
+    layers = "/".join(str(count) for count in plan.layers)
+    return Decision.sharded(request, plan, policy=POLICY, reason=(
+        f"{why}; needs {needs.total_bytes / 2**30:.2f} GiB; sharded over "
+        f"{len(plan.workers)} RPC workers ({options.layer_strategy}, layers {layers})"))
 
 
 def _fewest(free: list[NodeSnapshot], model: str) -> list[NodeSnapshot]:
