@@ -22,7 +22,7 @@ from sollol_llamacpp.testing import rpc_workers
 from sollol_core.config import Settings
 from sollol_core.errors import BackendError
 from sollol_core.router import Router
-from sollol_core.types import Health, InferenceRequest, Operation
+from sollol_core.types import Health, InferenceRequest, Operation, model_key
 
 PROMPT = "The three primary colours are"
 SAMPLING = {"temperature": 0, "num_predict": 24, "seed": 1}
@@ -56,6 +56,10 @@ async def router(workers: list[str], models: dict[str, Path], **env: str) -> Asy
     await wait_free(workers)
     r = Router.create(settings(workers, models, **env))
     await r.start()
+    for _ in range(600):  # what each model needs is read from its GGUF in the background
+        if all(model_key(m) in _state.footprints for m in models):
+            break
+        await asyncio.sleep(0.05)
     try:
         yield r
     finally:
@@ -279,3 +283,12 @@ async def test_a_sharded_coordinator_answers_embeddings_and_chat(
     assert len(vectors) == 2 and len(vectors[0]) == 640 and vectors[0] != vectors[1]
     assert chatted[-1]["message"]["role"] == "assistant" and chatted[-1]["done"]
     assert routing.backend == "sharded"
+
+
+def test_gguf_metadata_reads_keys_without_parsing_the_vocabulary(gemma: Path) -> None:
+    from sollol_llamacpp.coordinator import fallback_chat_template, gguf_metadata
+
+    keys = gguf_metadata(gemma, {"general.architecture", "tokenizer.chat_template",
+                                 "gemma3.block_count"})
+    assert keys == {"general.architecture": "gemma3", "gemma3.block_count": None}
+    assert fallback_chat_template(gemma) == "gemma"  # no template in this GGUF: llama.cpp's own

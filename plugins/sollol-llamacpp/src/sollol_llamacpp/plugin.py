@@ -57,6 +57,7 @@ class State:
     settings: Settings = field(factory=Settings)
     models: dict[str, Path] = field(factory=dict)
     footprints: dict[str, ModelFootprint] = field(factory=dict)
+    reader: asyncio.Task[None] | None = None
     coordinators: Coordinators | None = None
     pool: WorkerPool | None = None
     binaries: Binaries | None = None
@@ -95,10 +96,12 @@ async def _running(settings: Settings) -> AsyncIterator[None]:
                 _state.coordinators.watch(settings.llamacpp.idle_unload_s))
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for task in (watcher, _state.reader):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            _state.reader = None
             await _state.coordinators.stop()
             if _state.pool is not None:
                 await _state.pool.stop()
@@ -110,7 +113,7 @@ def sollol_discover(settings: Settings) -> Awaitable[Sequence[Endpoint]]:
     async def discover() -> Sequence[Endpoint]:
         _state.settings = settings
         _state.models = await asyncio.to_thread(catalogue.shardable, settings)
-        _state.footprints = await asyncio.to_thread(_footprints, _state.models)
+        _read_footprints_in_background()
         found = [Endpoint.parse(RPC_KIND, a, default_port=50052)
                  for a in settings.discovery.rpc_backends]
         found += [Endpoint.parse(SERVER_KIND, a, default_port=8080)
@@ -152,23 +155,34 @@ def sollol_probe(endpoint: Endpoint, settings: Settings) -> Awaitable[NodeSnapsh
     return probe_worker()
 
 
-def _footprints(models: dict[str, Path]) -> dict[str, ModelFootprint]:
-    """What each shardable model needs, read from its GGUF (cached per file; background)."""
-    found = {}
-    for name, path in models.items():
+def _read_footprints_in_background() -> None:
+    """Read what each new model needs from its GGUF, without holding up discovery (a large
+    vocabulary takes seconds to parse); until then such a model is planned by file size."""
+    missing = {model_key(n): p for n, p in _state.models.items()
+               if model_key(n) not in _state.footprints}
+    if missing and (_state.reader is None or _state.reader.done()):
+        _state.reader = asyncio.get_running_loop().create_task(_read_footprints(missing))
+
+
+async def _read_footprints(models: dict[str, Path]) -> None:
+    for key, path in models.items():
         try:
-            found[model_key(name)] = read_footprint(path)
+            _state.footprints[key] = await asyncio.to_thread(read_footprint, path)
         except Exception as exc:  # an unreadable GGUF is planned by file size instead
-            log.warning("cannot read %s (%s): %s", name, path, exc)
-    return found
+            log.warning("cannot read the GGUF %s: %s", path, exc)
 
 
 def _holder_of(endpoint: Endpoint) -> str | None:
-    if _state.coordinators is None:
+    """The model whose coordinator holds (or is connecting to) this worker, if any."""
+    coordinators = _state.coordinators
+    if coordinators is None:
         return None
-    for coordinator in _state.coordinators.running.values():
+    for coordinator in coordinators.running.values():
         if coordinator.alive and endpoint.key in {w.key for w in coordinator.workers}:
             return coordinator.model
+    for key, workers in coordinators.starting.items():
+        if endpoint.key in {w.key for w in workers}:
+            return next((name for name in _state.models if model_key(name) == key), key)
     return None
 
 
