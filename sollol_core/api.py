@@ -162,6 +162,9 @@ class HybridRouter:
         llamacpp = attrs.evolve(
             current.llamacpp, coordinator_timeout_s=coordinator_timeout,
             layer_strategy=layer_strategy,
+            distributed_threshold_params=distributed_threshold_params
+            if distributed_threshold_params is not None
+            else current.llamacpp.distributed_threshold_params,
             local_workers=num_rpc_backends if enable_distributed and auto_setup_rpc
             else current.llamacpp.local_workers)
         ollama_pool.router.settings = attrs.evolve(current, discovery=discovery,

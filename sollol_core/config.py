@@ -155,6 +155,8 @@ class LlamacppSettings:
     local_workers: int = 0
     #: Workers a split uses at the least when that many are free (a split over one is no split).
     min_shard_workers: int = field(default=2, validator=_positive)
+    #: Models with at least this many parameters are sharded even if a node holds them whole.
+    distributed_threshold_params: float | None = None
     #: How layers are split: in proportion to free memory, or evenly.
     layer_strategy: str = field(default="memory_aware", validator=_one_of("memory_aware", "even"))
 
@@ -214,6 +216,7 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_LOCAL_WORKERS": "llamacpp.local_workers",
     "SOLLOL_MIN_SHARD_WORKERS": "llamacpp.min_shard_workers",
     "SOLLOL_LAYER_STRATEGY": "llamacpp.layer_strategy",
+    "SOLLOL_DISTRIBUTED_THRESHOLD_PARAMS": "llamacpp.distributed_threshold_params",
 }
 
 

@@ -94,3 +94,32 @@ async def test_llama_server_node_is_probed_and_serves_both_apis(llama_node: str)
             model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8,
             stream=True)
         assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+
+async def test_a_big_model_is_sharded_even_if_a_node_holds_it_but_embeddings_stay_whole(
+        llama_node: str, gemma: Path, shared_workers: list[str]) -> None:
+    from attrs import evolve
+    from sollol_llamacpp.plugin import _state
+
+    from sollol_core.types import InferenceRequest
+
+    base = Settings.load(environ={"SOLLOL_LLAMACPP_SERVERS": llama_node,
+                                  "RPC_BACKENDS": ",".join(shared_workers[:2]),
+                                  "SOLLOL_LOAD_PLUGINS": "llamacpp",
+                                  "SOLLOL_DISTRIBUTED_THRESHOLD_PARAMS": "1e8"})
+    settings = evolve(base, llamacpp=evolve(base.llamacpp, models={MODEL: str(gemma)},
+                                            context_size=1024, parallel=1))
+    router = Router.create(settings)
+    await router.start()
+    try:
+        for _ in range(600):
+            if _state.footprints:
+                break
+            await asyncio.sleep(0.05)
+        chat = router.decide(InferenceRequest.chat(MODEL, []))
+        embed = router.decide(InferenceRequest.embed(MODEL, "x"))
+    finally:
+        await router.stop()
+    assert chat.plan is not None
+    assert "parameters is over the distributed_threshold_params of 0.10B" in chat.reason
+    assert embed.target is not None and embed.target.kind == "llamacpp"

@@ -29,6 +29,7 @@ from sollol_core.types import (
     Health,
     InferenceRequest,
     NodeSnapshot,
+    Operation,
     Role,
     ShardPlan,
     model_key,
@@ -188,16 +189,30 @@ def _holder_of(endpoint: Endpoint) -> str | None:
 
 @hookimpl
 def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
-    """Shard when forced, or when no healthy node holds the model whole; else defer."""
+    """Shard when forced (by name, or by ``distributed_threshold_params``), or when no healthy
+    node holds the model whole; embeddings stay on whole-model nodes; else defer."""
     model = request.model
-    forced = any(model_key(model) == model_key(m) for m in _state.settings.llamacpp.shard)
-    if not forced and any(n.holds(model) for n in fleet.healthy(Role.NODE)):
+    options = _state.settings.llamacpp
+    footprint = _state.footprints.get(model_key(model))
+    whole = any(n.holds(model) for n in fleet.healthy(Role.NODE))
+    if whole and request.operation in (Operation.EMBED, Operation.EMBEDDINGS):
+        return None
+    forced = any(model_key(model) == model_key(m) for m in options.shard)
+    threshold = options.distributed_threshold_params
+    big = bool(threshold and footprint and footprint.parameter_count >= threshold)
+    if whole and not forced and not big:
         return None
     workers = [n for n in fleet.nodes if n.role is Role.WORKER and n.holds(model)
                and (n.health is Health.UP or (n.health is Health.BUSY and n.has_loaded(model)))]
     if not workers:
         return None
-    why = "forced by [llamacpp] shard" if forced else "no healthy node holds it whole"
+    if forced:
+        why = "forced by [llamacpp] shard"
+    elif big and footprint is not None and threshold is not None:
+        why = (f"{footprint.parameter_count / 1e9:.2f}B parameters is over the "
+               f"distributed_threshold_params of {threshold / 1e9:.2f}B")
+    else:
+        why = "no healthy node holds it whole"
     # A coordinator already serving this model keeps its workers: reuse beats reload.
     serving = sorted((n for n in workers if n.has_loaded(model)), key=lambda n: n.endpoint.key)
     if serving:
@@ -206,7 +221,6 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | 
             f"{why}; reusing its coordinator on {len(serving)} RPC workers"))
     claimed = _state.coordinators.claimed(besides=model) if _state.coordinators else set()
     free = [n for n in workers if n.health is Health.UP and n.endpoint.key not in claimed]
-    footprint = _state.footprints.get(model_key(model))
     if footprint is None:  # no GGUF metadata: the fewest workers by file size, llama.cpp's split
         chosen = sorted(_fewest(free, model), key=lambda n: n.endpoint.key)
         if not chosen:
@@ -214,7 +228,6 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | 
         plan = ShardPlan(workers=tuple(n.endpoint for n in chosen), tensor_split=())
         return Decision.sharded(request, plan, policy=POLICY, reason=(
             f"{why}; split by llama.cpp over {len(chosen)} RPC workers"))
-    options = _state.settings.llamacpp
     needs = ModelNeeds(
         layer_bytes=footprint.per_layer_total(options.context_size, options.parallel),
         last_bytes=footprint.non_layer_bytes,
@@ -227,8 +240,10 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | 
     except NoPlanFits as exc:
         return Decision.refuse(request, policy=POLICY, reason=f"{why}, but {exc}")
     layers = "/".join(str(count) for count in plan.layers)
+    largest = max((n.free_bytes for n in fleet.healthy(Role.NODE) if n.devices), default=None)
+    room = f"; largest node has {largest / 2**30:.1f} GiB free" if largest is not None else ""
     return Decision.sharded(request, plan, policy=POLICY, reason=(
-        f"{why}; needs {needs.total_bytes / 2**30:.2f} GiB; sharded over "
+        f"{why}; needs {needs.total_bytes / 2**30:.2f} GiB{room}; sharded over "
         f"{len(plan.workers)} RPC workers ({options.layer_strategy}, layers {layers})"))
 
 
