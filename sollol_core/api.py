@@ -16,7 +16,7 @@ from sollol_core.config import Settings
 from sollol_core.convert import unstructure
 from sollol_core.plugins import Plugins
 from sollol_core.router import Router
-from sollol_core.types import InferenceRequest
+from sollol_core.types import Health, InferenceRequest, Role
 
 Address = str | Mapping[str, Any]
 
@@ -179,7 +179,6 @@ class HybridRouter:
         self.coordinator_timeout = coordinator_timeout
         self.gguf_path = gguf_path
         self.layer_strategy = layer_strategy
-        self.coordinator: dict[str, Any] | None = None
         self._requests = 0
         self._distributed = 0
 
@@ -219,12 +218,27 @@ class HybridRouter:
             self._distributed += 1
         return response
 
+    @property
+    def coordinator(self) -> dict[str, Any] | None:
+        """The running coordinator (the most recently used, if several), as the backend plugin
+        describes it: model, URL, workers, uptime..."""
+        running = self.pool.router.plugins.status().get("coordinators") or []
+        return max(running, key=lambda c: -c.get("idle_s", 0.0)) if running else None
+
     def get_stats(self) -> dict[str, Any]:
-        fleet = self.pool.router.fleet.snapshot()
+        """Requests routed and sharded, coordinators, active RPC workers, per-node figures."""
+        router = self.pool.router
+        fleet = router.fleet.snapshot()
+        workers = [n for n in fleet.nodes if n.role is Role.WORKER
+                   and n.health in (Health.UP, Health.BUSY)]
+        plugins = router.plugins.status()
         return {
             "requests": self._requests,
             "distributed_requests": self._distributed,
             "enable_distributed": self.enable_distributed,
-            "coordinator": self.coordinator,
+            "coordinators": plugins.get("coordinators") or [],
+            "active_rpc_backends": [n.endpoint.address for n in workers],
             "nodes": [unstructure(n) for n in fleet.nodes],
+            "performance": [unstructure(p) for p in fleet.performance],
+            "plugins": plugins,
         }

@@ -17,6 +17,7 @@ import aiohttp
 import click
 from attrs import define
 from rich.console import Console
+from rich.pretty import Pretty
 
 from sollol_core import render
 from sollol_core.breaker import CircuitSnapshot
@@ -173,6 +174,9 @@ def status(state: CliState, url: str | None, api_key: str | None, as_json: bool)
     if circuits:
         console.print(render.circuits_table(circuits))
     console.print(f"Requests waiting for capacity: {body['queued']}")
+    for section, value in (body.get("plugins_status") or {}).items():
+        console.print(f"[bold]{section}[/]")
+        console.print(Pretty(value))
     console.print(render.plugins_table(structure(body["plugins"], list[PluginInfo])))
 
 

@@ -156,6 +156,19 @@ def sollol_on_request_finished(record: RequestRecord) -> Awaitable[None] | None:
     """
 
 
+# -- status --------------------------------------------------------------------------------------
+
+
+@hookspec
+def sollol_status() -> Mapping[str, Any] | None:
+    """Describe what this plugin runs, for people: ``{"section": {...}}``.
+
+    Called by the gateway's status endpoint, ``sollol status`` and the Python API's
+    ``get_stats()``. Return JSON-serialisable values keyed by a section name (e.g. coordinators
+    and the workers they hold), or ``None``. Must be quick and do no I/O.
+    """
+
+
 # -- lifecycle ---------------------------------------------------------------------------------
 
 

@@ -196,6 +196,18 @@ class Plugins:
                     await stack.enter_async_context(manager)
             yield
 
+    def status(self) -> dict[str, Any]:
+        """Every plugin's status sections, merged (a failing plugin is logged and skipped)."""
+        try:
+            sections = self.pm.hook.sollol_status()
+        except Exception as exc:
+            log.warning("sollol_status: a plugin failed: %r", exc)
+            return {}
+        merged: dict[str, Any] = {}
+        for section in sections:
+            merged.update(section or {})
+        return merged
+
     def register_commands(self, cli: click.Group) -> None:
         self.pm.hook.sollol_register_commands(cli=cli)
 

@@ -262,3 +262,21 @@ async def test_sollol_lifespan_spans_the_router_and_closes_in_reverse_order() ->
     await router.stop()
     assert log[2:] == [f"close {entry.split()[1]}" for entry in reversed(opened)]
 
+
+
+class Reporter:
+    def __init__(self, section: dict[str, object] | None, fail: bool = False) -> None:
+        self.section, self.fail = section, fail
+
+    @hookimpl
+    def sollol_status(self) -> dict[str, object] | None:
+        if self.fail:
+            raise RuntimeError("status bug")
+        return self.section
+
+
+def test_sollol_status_merges_every_plugins_sections() -> None:
+    plugins = isolated(("a", Reporter({"coordinators": [{"model": "m"}]})),
+                       ("b", Reporter({"queues": 2})), ("c", Reporter(None)))
+    assert plugins.status() == {"coordinators": [{"model": "m"}], "queues": 2}
+    assert isolated(("broken", Reporter(None, fail=True))).status() == {}

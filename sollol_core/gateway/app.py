@@ -83,4 +83,5 @@ async def _status(request: web.Request) -> web.Response:
         "circuits": unstructure(router.breakers.snapshots()),
         "queued": len(router.queue),
         "plugins": unstructure(router.plugins.infos),
+        "plugins_status": router.plugins.status(),
     })

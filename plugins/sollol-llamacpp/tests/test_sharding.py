@@ -266,6 +266,13 @@ async def test_the_python_api_starts_workers_and_shards_a_model_from_the_ollama_
         reply = await hybrid.route_request(
             "gemma3:270m", [{"role": "user", "content": "Hi"}], max_tokens=4)
         assert await hybrid.should_use_distributed("gemma3:270m")
+        coordinator = hybrid.coordinator
+        assert coordinator is not None and coordinator["model"] == "gemma3:270m"
+        assert len(coordinator["workers"]) == 2 and coordinator["uptime_s"] >= 0
+        stats = hybrid.get_stats()
+        assert stats["distributed_requests"] == 1 and stats["requests"] == 1
+        assert len(stats["active_rpc_backends"]) == 2
+        assert len(stats["plugins"]["local_rpc_workers"]) == 2
     assert reply["_routing"]["backend"] == "sharded"
     assert reply["done"] and reply["message"]["role"] == "assistant"
     import psutil

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from attrs import define, evolve, field
@@ -303,6 +304,22 @@ async def _run_sharded(request: InferenceRequest, plan: ShardPlan,
                 raise
             log.warning("the coordinator for %s died mid-request; restarting it", request.model)
             await coordinators.forget_dead()
+
+
+@hookimpl
+def sollol_status() -> Mapping[str, Any]:
+    coordinators = _state.coordinators
+    now = time.monotonic()
+    running = [
+        {"model": c.model, "url": c.url, "pid": c.child.pid, "alive": c.alive,
+         "workers": [w.address for w in c.workers], "tensor_split": list(c.tensor_split),
+         "uptime_s": round(time.time() - c.started_at, 1), "ready_s": round(c.ready_s, 2),
+         "idle_s": round(now - c.last_used, 1), "log": str(c.child.log_path)}
+        for c in (coordinators.running.values() if coordinators else ())]
+    local = [{"address": w.endpoint.address, "pid": w.child.pid, "restarts": w.restarts}
+             for w in (_state.pool.workers if _state.pool else ())]
+    return {"coordinators": running, "local_rpc_workers": local,
+            "shardable_models": sorted(_state.models)}
 
 
 @hookimpl
