@@ -280,14 +280,13 @@ async def test_the_python_api_starts_workers_and_shards_a_model_from_the_ollama_
                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
 
-async def test_a_sharded_coordinator_answers_embeddings_and_chat(
+async def test_a_sharded_coordinator_chats_and_refuses_embeddings_clearly(
         gemma: Path, shared_workers: list[str]) -> None:
     async with router(shared_workers[:2], {"gemma3:270m": gemma}) as r:
-        embedded, _ = await r.run(InferenceRequest.embed("gemma3:270m", ["red", "blue"]))
         chatted, routing = await r.run(InferenceRequest.chat(
             "gemma3:270m", [{"role": "user", "content": "Hi"}], options={"num_predict": 4}))
-    vectors = embedded[-1]["embeddings"]
-    assert len(vectors) == 2 and len(vectors[0]) == 640 and vectors[0] != vectors[1]
+        with pytest.raises(BackendError, match="embeddings"):
+            await r.run(InferenceRequest.embed("gemma3:270m", ["red", "blue"]))
     assert chatted[-1]["message"]["role"] == "assistant" and chatted[-1]["done"]
     assert routing.backend == "sharded"
 
@@ -299,3 +298,34 @@ def test_gguf_metadata_reads_keys_without_parsing_the_vocabulary(gemma: Path) ->
                                  "gemma3.block_count"})
     assert keys == {"general.architecture": "gemma3", "gemma3.block_count": None}
     assert fallback_chat_template(gemma) == "gemma"  # no template in this GGUF: llama.cpp's own
+
+
+async def test_a_loaded_coordinator_calibrates_the_estimate_and_status_shows_it(
+        gemma: Path, shared_workers: list[str]) -> None:
+    from sollol_llamacpp.plugin import sollol_status
+
+    _state.calibration.by_model.clear()
+    async with router(shared_workers[:2], {"gemma3:270m": gemma}) as r:
+        await r.run(raw_generate("gemma3:270m", num_predict=2))
+        (correction,) = sollol_status()["corrections"]
+    assert correction["model"] == "gemma3:270m" and correction["worker_kind"] == "rpc"
+    # what llama.cpp allocated on the two workers against the estimate: close, not equal
+    assert 0.7 < correction["factor"] < 1.4
+    assert correction["measured_mib"] > 100
+    assert _state.calibration.factor("gemma3:270m") == correction["factor"]
+
+
+def test_held_bytes_reads_llama_cpp_load_lines() -> None:
+    from sollol_llamacpp.calibration import held_bytes
+
+    log = """
+0.00.774.080 I load_tensors:   CPU_Mapped model buffer size =   170.00 MiB
+0.00.774.081 I load_tensors: RPC0[127.0.0.1:51901] model buffer size =    35.82 MiB
+0.00.774.082 I load_tensors: RPC0[127.0.0.1:51902] model buffer size =   199.34 MiB
+0.01.292.788 I llama_kv_cache: RPC0[127.0.0.1:51901] KV buffer size =     1.00 MiB
+0.01.294.818 I llama_kv_cache: RPC0[127.0.0.1:51902] KV buffer size =     6.00 MiB
+0.01.303.268 I sched_reserve: RPC0[127.0.0.1:51901] compute buffer size =    40.84 MiB
+"""
+    held = held_bytes(log)
+    assert held == {"127.0.0.1:51901": int(35.82 * 2**20) + 2**20 + int(40.84 * 2**20),
+                    "127.0.0.1:51902": int(199.34 * 2**20) + 6 * 2**20}

@@ -38,6 +38,8 @@ class Coordinator:
     last_used: float = field(factory=time.monotonic)
     ready_s: float = 0.0
     failed_checks: int = 0
+    #: Whether its load log was compared with the estimate yet (the closed loop).
+    calibrated: bool = False
 
     @property
     def url(self) -> str:
@@ -117,8 +119,10 @@ def command(binaries: Binaries, gguf: Path, workers: Sequence[Endpoint],
     argv = [str(binaries.llama_server), "-m", str(gguf), "--host", "127.0.0.1",
             "--port", str(port), "-c", str(context_size), "-np", str(parallel), "-ngl", "99",
             "--rpc", ",".join(w.address for w in workers),
-            # /v1/embeddings too (mean pooling): generation is unchanged by it
-            "--embeddings", "--pooling", "mean"]
+            # No --embeddings: it makes the last worker reserve logits for a whole batch (512 x
+            # vocabulary floats: +500 MiB for Gemma 3); embeddings go to whole-model nodes.
+            # -lv 4: the load log then says what each RPC worker holds (the closed loop).
+            "-lv", "4"]
     if tensor_split:
         argv += ["-ts", ",".join(f"{share:g}" for share in tensor_split)]
     if chat_template:  # a built-in name: only the non-Jinja path knows them

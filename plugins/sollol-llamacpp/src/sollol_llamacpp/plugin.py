@@ -35,8 +35,9 @@ from sollol_core.types import (
     ShardPlan,
     model_key,
 )
-from sollol_llamacpp import catalogue, server_http
+from sollol_llamacpp import calibration, catalogue, server_http
 from sollol_llamacpp.binaries import Binaries, require_binaries
+from sollol_llamacpp.calibration import Calibration
 from sollol_llamacpp.coordinator import Coordinators
 from sollol_llamacpp.estimate import ModelFootprint, read_footprint
 from sollol_llamacpp.planner import ModelNeeds, NoPlanFits, WorkerCapacity, plan_shards
@@ -59,6 +60,7 @@ class State:
     settings: Settings = field(factory=Settings)
     models: dict[str, Path] = field(factory=dict)
     footprints: dict[str, ModelFootprint] = field(factory=dict)
+    calibration: Calibration = field(factory=Calibration)
     reader: asyncio.Task[None] | None = None
     coordinators: Coordinators | None = None
     pool: WorkerPool | None = None
@@ -229,11 +231,7 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | 
         plan = ShardPlan(workers=tuple(n.endpoint for n in chosen), tensor_split=())
         return Decision.sharded(request, plan, policy=POLICY, reason=(
             f"{why}; split by llama.cpp over {len(chosen)} RPC workers"))
-    needs = ModelNeeds(
-        layer_bytes=footprint.per_layer_total(options.context_size, options.parallel),
-        last_bytes=footprint.non_layer_bytes,
-        overhead_bytes=footprint.compute_buffer_bytes(options.context_size,
-                                                      parallel=options.parallel))
+    needs = _needs(model, footprint)
     try:
         plan = plan_shards(needs, [WorkerCapacity.of(n) for n in free],
                            strategy=options.layer_strategy,  # type: ignore[arg-type]
@@ -265,6 +263,29 @@ def _fewest(free: list[NodeSnapshot], model: str) -> list[NodeSnapshot]:
     return []
 
 
+def _needs(model: str, footprint: ModelFootprint) -> ModelNeeds:
+    """What the model needs on the workers, scaled by what earlier loads measured."""
+    options = _state.settings.llamacpp
+    needs = ModelNeeds(
+        layer_bytes=footprint.per_layer_total(options.context_size, options.parallel),
+        last_bytes=footprint.non_layer_bytes,
+        overhead_bytes=footprint.compute_buffer_bytes(options.context_size,
+                                                      parallel=options.parallel))
+    return _state.calibration.scale(needs, model)
+
+
+def _learn(model: str, plan: ShardPlan, log_path: Path) -> None:
+    footprint = _state.footprints.get(model_key(model))
+    if footprint is None or not plan.layers:
+        return
+    planned = calibration.planned_bytes(_needs(model, footprint), plan.workers, plan.layers)
+    learnt = _state.calibration.learn(model, log_path, planned)
+    if learnt is not None:
+        log.info("%s on RPC workers: estimated %.0f MiB, llama.cpp allocated %.0f MiB; "
+                 "correction factor now %.3f", model, learnt.estimated_bytes / 2**20,
+                 learnt.measured_bytes / 2**20, learnt.factor)
+
+
 @hookimpl
 def sollol_execute(request: InferenceRequest, decision: Decision,
                    settings: Settings) -> AsyncIterator[Chunk] | None:
@@ -293,6 +314,9 @@ async def _run_sharded(request: InferenceRequest, plan: ShardPlan,
             request.model, gguf, plan.workers, plan.tensor_split,
             context_size=settings.llamacpp.context_size, parallel=settings.llamacpp.parallel,
             timeout_s=settings.llamacpp.coordinator_timeout_s)
+        if not coordinator.calibrated:
+            coordinator.calibrated = True
+            _learn(request.model, plan, coordinator.child.log_path)
         try:
             async for chunk in _run_on(coordinator.url, request, f"coordinator {coordinator.url}"):
                 yield chunk
@@ -318,8 +342,12 @@ def sollol_status() -> Mapping[str, Any]:
         for c in (coordinators.running.values() if coordinators else ())]
     local = [{"address": w.endpoint.address, "pid": w.child.pid, "restarts": w.restarts}
              for w in (_state.pool.workers if _state.pool else ())]
+    corrections = [{"model": c.model, "worker_kind": c.kind, "factor": c.factor,
+                    "estimated_mib": round(c.estimated_bytes / 2**20, 1),
+                    "measured_mib": round(c.measured_bytes / 2**20, 1)}
+                   for c in _state.calibration.by_model.values()]
     return {"coordinators": running, "local_rpc_workers": local,
-            "shardable_models": sorted(_state.models)}
+            "shardable_models": sorted(_state.models), "corrections": corrections}
 
 
 @hookimpl
