@@ -94,6 +94,16 @@ def split_host_port(text: str, default_port: int | None = None) -> tuple[str, in
     return host, port
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @frozen
 class Endpoint:
     """One network address that serves one backend kind.

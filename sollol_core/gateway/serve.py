@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import signal
 from collections.abc import Callable
 
@@ -13,6 +12,7 @@ from aiohttp import web
 from sollol_core.errors import SollolError
 from sollol_core.gateway.app import create_app
 from sollol_core.router import Router
+from sollol_core.types import is_loopback
 
 
 class PortInUseError(SollolError):
@@ -32,15 +32,6 @@ def run(router: Router, *, ready: Callable[[str], None] = print) -> None:
     """Serve until SIGINT or SIGTERM on a fresh event loop (uvloop when available)."""
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(serve(router, ready=ready))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def serve(router: Router, *, ready: Callable[[str], None] = print) -> None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from collections.abc import Callable
 
 from attrs import define, field
 
 from sollol_core.errors import SollolError
-from sollol_core.types import Endpoint
+from sollol_core.types import Endpoint, is_loopback
 from sollol_llamacpp.binaries import Binaries
 from sollol_llamacpp.processes import Child, free_ports, logs_dir, wait_for_port
 
@@ -31,15 +30,6 @@ UNAUTHENTICATED_WARNING = (
 
 class WorkerError(SollolError):
     pass
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @define
