@@ -32,14 +32,11 @@ import functools
 import json
 import multiprocessing
 import os
-import platform
 import signal
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -47,6 +44,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from report import environment, percentile, write  # the benchmarks folder is on sys.path
 from sollol_ollama.testing import OllamaEmulator
 
 from sollol_core.config import Settings
@@ -272,11 +270,8 @@ async def load(url: str, concurrency: int, total: int, stream: bool, gateway: bo
         run.requests += total
 
 
-def _ms(samples: Sequence[float], percentile: int) -> float:
-    if len(samples) < 2:
-        return round(samples[0] * 1000, 3) if samples else float("nan")
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return round(cuts[percentile - 1] * 1000, 3)
+def _ms(samples: Sequence[float], q: int) -> float:
+    return round(percentile(samples, q) * 1000, 3)
 
 
 def summarise(mode: str, concurrency: int, direct: Run, gateway: Run) -> dict[str, Any]:
@@ -411,10 +406,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({', '.join(f'{k} {v}' for k, v in verdict['by_row'].items())})",
               file=sys.stderr)
     report = {
-        "benchmark": "gateway", "python": platform.python_version(),
-        "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "aiohttp": aiohttp.__version__,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "benchmark": "gateway", **environment(), "aiohttp": aiohttp.__version__,
         "setup": {
             "processes": "three: load generator (this process), emulator, gateway "
                          "(multiprocessing spawn children); all on 127.0.0.1",
@@ -430,11 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "targets": targets, "errors": len(errors), "results": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.output)
-    print(f"wrote {args.output}", file=sys.stderr)
+    write(args.output, report)
     if errors:
         print(f"gateway: {len(errors)} requests failed; the first ones:", file=sys.stderr)
         for line in errors[:10]:

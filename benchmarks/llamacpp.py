@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import statistics
@@ -56,7 +55,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +91,7 @@ from llamacpp_parts import (
     wait_workers_free,
     wait_workers_up,
 )
+from report import environment, percentile, write  # the benchmarks folder is on sys.path
 from sollol_llamacpp.binaries import Binaries
 from sollol_llamacpp.coordinator import command as coordinator_command
 from sollol_llamacpp.coordinator import fallback_chat_template
@@ -113,12 +112,6 @@ class Result:
     template_lookup_s: float | None = None  # coordinator: fallback_chat_template(gguf)
     settle_s: float | None = None  # sollol: until the fleet shows the workers held
     stale_busy_seen: bool | None = None  # sollol: a probe saw them busy with no model
-
-
-def percentile(values: Sequence[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def summarise(result: Result) -> dict[str, Any]:
@@ -267,8 +260,7 @@ def machine_info(binaries: Binaries, gguf: Path) -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return {
-        "python": platform.python_version(), "machine": platform.machine(),
-        "system": platform.system(), "cpu": cpu, "cpu_count": os.cpu_count(),
+        **environment(), "system": platform.system(), "cpu": cpu,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "llama_cpp": binaries.version, "llama_cpp_origin": binaries.origin,
         "aiohttp": aiohttp.__version__, "gguf": gguf.name, "gguf_bytes": gguf.stat().st_size,
@@ -363,7 +355,6 @@ def main(argv: list[str] | None = None) -> int:
         note(f"warning: the setups answered differently: {same_text}")
     report = {
         "benchmark": "llamacpp", **machine_info(binaries, gguf),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 1),
         "setup": {
             "host": HOST, "model": MODEL, "context_size": CONTEXT_SIZE, "parallel": PARALLEL,
@@ -397,11 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "same_text_as_plain": same_text, "text": texts["plain"],
         "results": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_name(args.output.name + ".tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    tmp_out.replace(args.output)
-    note(f"wrote {args.output}")
+    write(args.output, report)
     return 0
 
 

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from report import environment, percentile, write  # the benchmarks folder is on sys.path
 
 from sollol_core.config import PluginSettings
 from sollol_core.plugins import Plugins
@@ -73,10 +71,9 @@ def measure(plugins: Plugins, size: int, calls: int) -> dict[str, Any]:
             samples.append(clock() - start)
     finally:
         gc.enable()
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
     mean = statistics.fmean(samples)
-    return {"nodes": size, "calls": calls, "p50_us": round(cuts[49] / 1000, 2),
-            "p99_us": round(cuts[98] / 1000, 2), "mean_us": round(mean / 1000, 2)}
+    return {"nodes": size, "calls": calls, "p50_us": round(percentile(samples, 50) / 1000, 2),
+            "p99_us": round(percentile(samples, 99) / 1000, 2), "mean_us": round(mean / 1000, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,14 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['nodes']:>6} {r['calls']:>6} {r['p50_us']:>10.2f} {r['p99_us']:>10.2f} "
               f"{r['mean_us']:>10.2f}")
 
-    report = {"benchmark": "placement", "python": platform.python_version(),
-              "machine": platform.machine(), "cpu_count": os.cpu_count(),
-              "date": datetime.now(UTC).isoformat(timespec="seconds"), "results": results}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.output)
-    print(f"wrote {args.output}", file=sys.stderr)
+    write(args.output, {"benchmark": "placement", **environment(), "results": results})
     return 0
 
 

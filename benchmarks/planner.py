@@ -19,18 +19,15 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
-import json
 import math
-import os
-import platform
 import random
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from report import environment, percentile, write  # the benchmarks folder is on sys.path
 from sollol_llamacpp.planner import ModelNeeds, NoPlanFits, WorkerCapacity, plan_shards
 
 from sollol_core.types import Endpoint
@@ -105,10 +102,9 @@ def measure(workers: int, strategy: str, calls: int) -> dict[str, Any]:
             samples.append(clock() - start)
     finally:
         gc.enable()
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
     return {"workers": workers, "layers": LAYERS, "strategy": strategy, "calls": calls,
-            "inputs": INPUTS, "planned": planned, "p50_ms": round(cuts[49] / 1e6, 3),
-            "p99_ms": round(cuts[98] / 1e6, 3),
+            "inputs": INPUTS, "planned": planned, "p50_ms": round(percentile(samples, 50) / 1e6, 3),
+            "p99_ms": round(percentile(samples, 99) / 1e6, 3),
             "mean_ms": round(statistics.fmean(samples) / 1e6, 3)}
 
 
@@ -133,15 +129,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['planned']:>4}/{r['inputs']:<3} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
               f"{r['mean_ms']:>8.3f}")
 
-    report = {"benchmark": "planner", "python": platform.python_version(),
-              "machine": platform.machine(), "cpu_count": os.cpu_count(),
-              "date": datetime.now(UTC).isoformat(timespec="seconds"), "seed": SEED,
-              "target_p99_ms_at_64_workers": 20.0, "results": results}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.output)
-    print(f"wrote {args.output}", file=sys.stderr)
+    write(args.output, {"benchmark": "planner", **environment(), "seed": SEED,
+                        "target_p99_ms_at_64_workers": 20.0, "results": results})
     return 0
 
 

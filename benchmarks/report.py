@@ -1,0 +1,34 @@
+"""What every benchmark script shares: the machine it ran on, percentiles, the JSON it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def environment() -> dict[str, Any]:
+    return {"python": platform.python_version(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def percentile(samples: Sequence[float], q: int) -> float:
+    """The ``q``-th percentile (1-99), inclusive method; the sample itself when there is one."""
+    if len(samples) < 2:
+        return samples[0] if samples else float("nan")
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+def write(path: Path, report: dict[str, Any]) -> None:
+    """Write ``report`` as JSON, atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}", file=sys.stderr)
