@@ -130,34 +130,31 @@ def command(binaries: Binaries, gguf: Path, workers: Sequence[Endpoint],
     return argv
 
 
-async def _wait_healthy(coordinator: Coordinator, timeout_s: float,
-                        progress: Callable[[str], None]) -> None:
+async def wait_healthy(child: Child, url: str, what: str, timeout_s: float,
+                      progress: Callable[[str], None]) -> float:
+    """Until the llama-server ``child`` answers ``/health`` with 200 (seconds it took), with a
+    progress line every 5 s; it exiting or the timeout raise an error that shows its log."""
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    last_note = started
+    started = last_note = loop.time()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while loop.time() - started < timeout_s:
-            if not coordinator.alive:
+            if not child.alive:
                 raise CoordinatorError(
-                    f"llama-server for {coordinator.model} exited with status "
-                    f"{coordinator.child.process.returncode} while loading; log: "
-                    f"{coordinator.child.log_path}\n{coordinator.child.log_tail()}",
-                    retryable=False)
+                    f"llama-server for {what} exited with status {child.process.returncode} "
+                    f"while loading; log: {child.log_path}\n{child.log_tail()}", retryable=False)
             try:
-                async with session.get(f"{coordinator.url}/health") as response:
+                async with session.get(f"{url}/health") as response:
                     if response.status == 200:
-                        coordinator.ready_s = loop.time() - started
-                        return
+                        return loop.time() - started
             except (aiohttp.ClientError, TimeoutError, OSError):
                 pass
             if loop.time() - last_note >= 5:
                 last_note = loop.time()
-                progress(f"loading {coordinator.model} over {len(coordinator.workers)} workers: "
-                         f"{loop.time() - started:.0f} s")
+                progress(f"loading {what}: {loop.time() - started:.0f} s")
             await asyncio.sleep(0.1)
     raise CoordinatorError(
-        f"llama-server for {coordinator.model} not ready after {timeout_s:g} s; log: "
-        f"{coordinator.child.log_path}\n{coordinator.child.log_tail()}", retryable=False)
+        f"llama-server for {what} not ready after {timeout_s:g} s; log: "
+        f"{child.log_path}\n{child.log_tail()}", retryable=False)
 
 
 async def launch(binaries: Binaries, model: str, gguf: Path, workers: Sequence[Endpoint],
@@ -171,7 +168,8 @@ async def launch(binaries: Binaries, model: str, gguf: Path, workers: Sequence[E
     child = await Child.spawn(argv, logs_dir() / f"coordinator-{safe}-{port}.log")
     coordinator = Coordinator(model, gguf, tuple(workers), tuple(tensor_split), port, child)
     try:
-        await _wait_healthy(coordinator, timeout_s, progress)
+        coordinator.ready_s = await wait_healthy(
+            child, coordinator.url, f"{model} over {len(workers)} workers", timeout_s, progress)
     except BaseException:
         await child.stop()
         raise

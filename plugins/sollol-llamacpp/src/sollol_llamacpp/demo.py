@@ -10,7 +10,6 @@ with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from sollol_core.gateway.serve import PortInUseError
 from sollol_core.plugins import Plugins
 from sollol_core.router import Router
 from sollol_llamacpp.binaries import Binaries
-from sollol_llamacpp.coordinator import fallback_chat_template
+from sollol_llamacpp.coordinator import fallback_chat_template, wait_healthy
 from sollol_llamacpp.processes import Child, ephemeral_port, logs_dir
 
 WHOLE = "gemma3:270m"
@@ -43,20 +42,13 @@ async def _start_node(binaries: Binaries, gguf: Path, say: Callable[[str], None]
         argv += ["--no-jinja", "--chat-template", template]
     child = await Child.spawn(argv, logs_dir() / f"demo-node-{port}.log")
     address = f"127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for second in range(1200):
-            if not child.alive:
-                raise RuntimeError(f"llama-server exited; log: {child.log_path}\n"
-                                   f"{child.log_tail()}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"http://{address}/health") as response:
-                    if response.status == 200:
-                        return child, address
-            if second and second % 50 == 0:
-                say(f"  loading {WHOLE} on the whole-model node... {second / 10:.0f} s")
-            await asyncio.sleep(0.1)
-    await child.stop()
-    raise RuntimeError(f"llama-server did not come up in 120 s; log: {child.log_path}")
+    try:
+        await wait_healthy(child, f"http://{address}", f"{WHOLE} on the whole-model node",
+                           120.0, lambda line: say(f"  {line}"))
+    except BaseException:
+        await child.stop()
+        raise
+    return child, address
 
 
 async def _ask(url: str, model: str, say: Callable[[str], None]) -> None:
