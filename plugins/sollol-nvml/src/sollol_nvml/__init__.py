@@ -1,0 +1,1 @@
+"""SOLLOL telemetry plugin: this machine's NVIDIA GPUs and the GPU memory of inference processes."""
