@@ -23,9 +23,11 @@ from typing import Any
 
 import click
 import pluggy
+from aiohttp import web
 
 from sollol_core.config import Settings
 from sollol_core.types import (
+    AttemptRecord,
     Decision,
     Endpoint,
     FleetSnapshot,
@@ -146,6 +148,35 @@ def sollol_on_decision(decision: Decision, request: InferenceRequest) -> Awaitab
 
 
 @hookspec
+def sollol_on_attempt(
+    request: InferenceRequest, decision: Decision, attempt: int
+) -> Mapping[str, str] | None:
+    """Observe the start of one attempt to run a request on the backend ``decision`` names.
+
+    :param request: the request.
+    :param decision: where this attempt runs.
+    :param attempt: 1 for the first attempt, 2 after the first fail-over, and so on.
+
+    Called right before :func:`sollol_execute`, in the request's context (``contextvars``), so a
+    tracing plugin can start the attempt's client span here. Return HTTP headers to send to the
+    backend with this attempt (e.g. W3C ``traceparent``), or ``None``; executors forward them
+    (``request.upstream_headers``). Synchronous and quick. Every attempt that starts also ends in
+    :func:`sollol_on_attempt_finished`.
+    """
+
+
+@hookspec
+def sollol_on_attempt_finished(record: AttemptRecord) -> Awaitable[None] | None:
+    """Observe the end of one attempt: failed before its first chunk, or its stream ended.
+
+    :param record: the attempt, with its error (if any), time to first chunk and token counts.
+
+    Called once for every attempt that :func:`sollol_on_attempt` saw start. Same rules as
+    :func:`sollol_on_decision`.
+    """
+
+
+@hookspec
 def sollol_on_request_finished(record: RequestRecord) -> Awaitable[None] | None:
     """Observe a finished request: duration, queue time, attempts, error.
 
@@ -166,6 +197,22 @@ def sollol_status() -> Mapping[str, Any] | None:
     Called by the gateway's status endpoint, ``sollol status`` and the Python API's
     ``get_stats()``. Return JSON-serialisable values keyed by a section name (e.g. coordinators
     and the workers they hold), or ``None``. Must be quick and do no I/O.
+    """
+
+
+# -- gateway ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def sollol_gateway_app(app: web.Application) -> None:
+    """Extend the gateway's aiohttp application before it starts: routes, middlewares,
+    ``cleanup_ctx``.
+
+    :param app: the application; its router is ``app[sollol_core.gateway.common.ROUTER]``.
+
+    Called once per application, after the core's routes and middlewares are added; a middleware
+    appended here runs inside the core's (after authentication). Not called for the Python API,
+    which has no HTTP server.
     """
 
 

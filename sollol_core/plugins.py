@@ -12,7 +12,7 @@ import contextlib
 import importlib.metadata
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import click
@@ -24,6 +24,7 @@ from sollol_core.config import PluginSettings, Settings
 from sollol_core.errors import PluginError
 from sollol_core.hookspecs import Chunk
 from sollol_core.types import (
+    AttemptRecord,
     Decision,
     Endpoint,
     FleetSnapshot,
@@ -168,24 +169,46 @@ class Plugins:
         return stream
 
     async def notify_decision(self, decision: Decision, request: InferenceRequest) -> None:
-        if not self.pm.hook.sollol_on_decision.get_hookimpls():
-            return
-        try:
-            results = self.pm.hook.sollol_on_decision(decision=decision, request=request)
-        except Exception as exc:  # observers never fail a request
-            log.warning("sollol_on_decision: an observer failed: %r", exc)
-            return
-        await _gather_logged("sollol_on_decision", results)
+        await self._observe(self.pm.hook.sollol_on_decision, decision=decision, request=request)
+
+    def attempt_headers(self, request: InferenceRequest, decision: Decision,
+                        attempt: int) -> dict[str, str]:
+        """Tell observers an attempt starts; the upstream headers they return, merged."""
+        caller = self.pm.hook.sollol_on_attempt
+        headers: dict[str, str] = {}
+        for impl in reversed(caller.get_hookimpls()):  # pluggy's order: last registered first
+            try:
+                extra = impl.function(**_arguments(impl, request=request, decision=decision,
+                                                   attempt=attempt))
+            except Exception as exc:  # observers never fail a request
+                log.warning("sollol_on_attempt: plugin %s failed: %r", impl.plugin_name, exc)
+                continue
+            if isinstance(extra, Mapping):
+                headers.update(extra)
+        return headers
+
+    async def notify_attempt_finished(self, record: AttemptRecord) -> None:
+        await self._observe(self.pm.hook.sollol_on_attempt_finished, record=record)
 
     async def notify_finished(self, record: RequestRecord) -> None:
-        if not self.pm.hook.sollol_on_request_finished.get_hookimpls():
+        await self._observe(self.pm.hook.sollol_on_request_finished, record=record)
+
+    async def _observe(self, caller: Any, **kwargs: Any) -> None:
+        """Call every observer on its own, so that one failing never hides the others."""
+        impls = caller.get_hookimpls()
+        if not impls:
             return
-        try:
-            results = self.pm.hook.sollol_on_request_finished(record=record)
-        except Exception as exc:
-            log.warning("sollol_on_request_finished: an observer failed: %r", exc)
-            return
-        await _gather_logged("sollol_on_request_finished", results)
+        results = []
+        for impl in reversed(impls):
+            try:
+                results.append(impl.function(**_arguments(impl, **kwargs)))
+            except Exception as exc:
+                log.warning("%s: plugin %s failed: %r", caller.name, impl.plugin_name, exc)
+        await _gather_logged(caller.name, results)
+
+    def setup_gateway(self, app: Any) -> None:
+        """Let plugins add routes, middlewares and cleanup contexts to the gateway."""
+        self.pm.hook.sollol_gateway_app(app=app)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, settings: Settings) -> AsyncIterator[None]:
@@ -210,6 +233,11 @@ class Plugins:
 
     def register_commands(self, cli: click.Group) -> None:
         self.pm.hook.sollol_register_commands(cli=cli)
+
+
+def _arguments(impl: pluggy.HookImpl, **kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments ``impl`` declares (implementations may take a subset)."""
+    return {name: kwargs[name] for name in impl.argnames}
 
 
 async def _gather_logged(hook: str, results: Sequence[Any]) -> list[Any]:

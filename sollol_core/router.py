@@ -22,7 +22,7 @@ from sollol_core.fleet import Fleet
 from sollol_core.hookspecs import Chunk
 from sollol_core.plugins import Plugins
 from sollol_core.queue import AdmissionQueue
-from sollol_core.types import Decision, InferenceRequest, RequestRecord
+from sollol_core.types import AttemptRecord, Decision, InferenceRequest, RequestRecord
 
 #: How often a queued request re-checks capacity even without a release (probes change it too).
 RECHECK_S = 0.5
@@ -133,8 +133,15 @@ class Router:
                     reason = f"{reason}; earlier attempts: {'; '.join(failures)}"
                 await self._finish_failed(request, decision, started, attempt, reason, queued_s)
                 raise BackendError(reason) if failures else NoRouteError(reason)
-            stream = self.plugins.execute(request, decision, self.settings)
+            attempt_started = time.monotonic()
+            headers = self.plugins.attempt_headers(request, decision, attempt)
+            # Only traced attempts pay for a copy of the request.
+            attempt_request = evolve(request, upstream_headers=headers) if headers else request
+            stream = self.plugins.execute(attempt_request, decision, self.settings)
             if stream is None:
+                await self.plugins.notify_attempt_finished(_attempt_record(
+                    request, decision, attempt, attempt_started, error="no executor",
+                    error_type="NoRouteError"))
                 reason = f"no plugin can run requests on {decision.backend}"
                 await self._finish_failed(request, decision, started, attempt, reason, queued_s)
                 raise NoRouteError(reason)
@@ -154,18 +161,24 @@ class Router:
                 tried.add(key)
                 failures.append(f"{decision.backend}: {_describe(exc)}")
                 await _close_quietly(stream)
+                await self.plugins.notify_attempt_finished(_attempt_record(
+                    request, decision, attempt, attempt_started, error=_describe(exc),
+                    error_type=_error_type(exc)))
                 if isinstance(exc, BackendError) and not exc.retryable:
                     await self._finish_failed(request, decision, started, attempt,
                                               failures[-1], queued_s)
                     raise
                 continue
-            except BaseException:
+            except BaseException as exc:
                 self._release(key)
                 await _close_quietly(stream)
+                await self.plugins.notify_attempt_finished(_attempt_record(
+                    request, decision, attempt, attempt_started, error=_describe(exc),
+                    error_type=_error_type(exc)))
                 raise
             return Reply(router=self, request=request, decision=decision, stream=stream,
                          first=first, attempts=attempt, started=started, node_key=key,
-                         queue_ms=queued_s * 1000)
+                         queue_ms=queued_s * 1000, attempt_started=attempt_started)
         reason = f"all {len(failures)} attempts failed: {'; '.join(failures)}"
         await self._finish_failed(request, decision, started, len(failures), reason, queued_s)
         raise BackendError(reason)
@@ -201,11 +214,15 @@ class Reply:
     started: float
     node_key: str
     queue_ms: float = 0.0
+    attempt_started: float | None = None
     first_chunk_ms: float = field(init=False)
+    attempt_first_chunk_ms: float = field(init=False)
     _done: bool = False
 
     def __attrs_post_init__(self) -> None:
-        self.first_chunk_ms = (time.monotonic() - self.started) * 1000
+        now = time.monotonic()
+        self.first_chunk_ms = (now - self.started) * 1000
+        self.attempt_first_chunk_ms = (now - (self.attempt_started or self.started)) * 1000
 
     def routing(self) -> Routing:
         target = self.decision.target
@@ -222,6 +239,7 @@ class Reply:
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         chunks = 0
         error: str | None = None
+        error_type: str | None = None
         last: Chunk | None = None
         node_failed = False
         loop = asyncio.get_running_loop()
@@ -242,16 +260,19 @@ class Reply:
         except BaseException as exc:
             # The client leaving (generator closed, handler cancelled) is no fault of the node.
             node_failed = not isinstance(exc, GeneratorExit | asyncio.CancelledError)
+            error_type = "cancelled" if not node_failed else _error_type(exc)
             error = _describe(exc) if not isinstance(exc, TimeoutError) else (
                 f"the request ran longer than {self.router.settings.routing.request_timeout_s:g} s")
             if isinstance(exc, TimeoutError):
                 raise BackendError(error, retryable=False) from None
             raise
         finally:
-            await self.close(chunks, error, last, node_failed=node_failed)
+            await self.close(chunks, error, last, node_failed=node_failed,
+                             error_type=error_type)
 
     async def close(self, chunks: int = 0, error: str | None = None,
-                    last: Chunk | None = None, *, node_failed: bool = False) -> None:
+                    last: Chunk | None = None, *, node_failed: bool = False,
+                    error_type: str | None = None) -> None:
         """Release the node and report the request finished (once)."""
         if self._done:
             return
@@ -265,11 +286,22 @@ class Reply:
         if error is None:
             router.fleet.performance.record(self.node_key, self.request.model,
                                             duration_ms - self.queue_ms, last)
+        input_tokens, output_tokens = _usage(last)
+        if error is not None and error_type is None:
+            error_type = "closed early"
+        await router.plugins.notify_attempt_finished(AttemptRecord(
+            request_id=self.request.id, model=self.request.model,
+            operation=self.request.operation, attempt=self.attempts, decision=self.decision,
+            ok=error is None, error=error, error_type=error_type,
+            duration_ms=(time.monotonic() - (self.attempt_started or self.started)) * 1000,
+            first_chunk_ms=self.attempt_first_chunk_ms, input_tokens=input_tokens,
+            output_tokens=output_tokens))
         await router.plugins.notify_finished(RequestRecord(
             request_id=self.request.id, model=self.request.model,
             operation=self.request.operation, ok=error is None, duration_ms=duration_ms,
             decision=self.decision, error=error, attempts=self.attempts,
-            first_chunk_ms=self.first_chunk_ms, chunks=chunks, queue_ms=self.queue_ms))
+            first_chunk_ms=self.first_chunk_ms, chunks=chunks, queue_ms=self.queue_ms,
+            input_tokens=input_tokens, output_tokens=output_tokens))
 
 
 async def _close_quietly(stream: Any) -> None:
@@ -279,6 +311,33 @@ async def _close_quietly(stream: Any) -> None:
             await closer()
         except Exception:  # a backend that fails while closing has nothing more to tell us
             pass
+
+
+def _attempt_record(request: InferenceRequest, decision: Decision, attempt: int,
+                    started: float, *, error: str, error_type: str) -> AttemptRecord:
+    return AttemptRecord(
+        request_id=request.id, model=request.model, operation=request.operation,
+        attempt=attempt, decision=decision, ok=False, error=error, error_type=error_type,
+        duration_ms=(time.monotonic() - started) * 1000)
+
+
+def _usage(last: Chunk | None) -> tuple[int | None, int | None]:
+    """Prompt and generated token counts from Ollama's last chunk, where the backend gave them."""
+    if not last:
+        return None, None
+    prompt, generated = last.get("prompt_eval_count"), last.get("eval_count")
+    return (prompt if isinstance(prompt, int) else None,
+            generated if isinstance(generated, int) else None)
+
+
+def _error_type(exc: BaseException) -> str:
+    """A low-cardinality name for a failure (OpenTelemetry's ``error.type``)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status:
+        return str(status)
+    return type(exc).__name__
 
 
 def _describe(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ from sollol_core.config import Settings
 from sollol_core.errors import BackendError
 from sollol_core.hookspecs import Chunk, hookimpl
 from sollol_core.types import (
+    AttemptRecord,
     Decision,
     DeviceMemory,
     Endpoint,
@@ -132,11 +133,16 @@ class Recorder:
     """An observer plugin that keeps what the observation hooks report."""
 
     decisions: list[Decision] = field(factory=list)
+    attempts: list[AttemptRecord] = field(factory=list)
     finished: list[RequestRecord] = field(factory=list)
 
     @hookimpl
     def sollol_on_decision(self, decision: Decision) -> None:
         self.decisions.append(decision)
+
+    @hookimpl
+    def sollol_on_attempt_finished(self, record: AttemptRecord) -> None:
+        self.attempts.append(record)
 
     @hookimpl
     def sollol_on_request_finished(self, record: RequestRecord) -> None:

@@ -353,6 +353,9 @@ class InferenceRequest:
     stream: bool = False
     id: str = field(factory=new_request_id)
     received_at: float = field(factory=time.time)
+    #: HTTP headers executors send upstream with this attempt (W3C ``traceparent`` from tracing
+    #: plugins); the router sets them per attempt from :func:`sollol_on_attempt`.
+    upstream_headers: Mapping[str, str] = field(factory=dict)
 
     @classmethod
     def chat(cls, model: str, messages: list[Mapping[str, Any]], *, priority: int = 5,
@@ -452,3 +455,28 @@ class RequestRecord:
     attempts: int = 1
     first_chunk_ms: float | None = None
     chunks: int = 0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@frozen
+class AttemptRecord:
+    """One attempt to run a request on one backend, as observers see it when it ends.
+
+    A request fails over to another node while nothing has been sent, so it can have several
+    attempts; the last successful one ran it. Token counts come from the backend's last chunk.
+    """
+
+    request_id: str
+    model: str
+    operation: Operation
+    attempt: int
+    decision: Decision
+    ok: bool
+    duration_ms: float
+    error: str | None = None
+    #: The kind of failure (an exception class name, or ``timeout``), for ``error.type``.
+    error_type: str | None = None
+    first_chunk_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None

@@ -57,5 +57,6 @@ def test_every_hook_is_called_through_the_manager_in_test_hooks() -> None:
     calls = (ROOT / "tests" / "test_hooks.py").read_text()
     manager = inspect.getsource(__import__("sollol_core.plugins", fromlist=["x"]))
     for name in hook_functions():
-        assert f"pm.hook.{name}(" in manager, f"plugins.py never calls {name}"
+        # Called directly, or each implementation on its own (observers are isolated)
+        assert re.search(rf"pm\.hook\.{name}\b", manager), f"plugins.py never calls {name}"
         assert name in calls, f"tests/test_hooks.py does not exercise {name}"

@@ -5,14 +5,18 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any
 
 import click
 import pluggy
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 
 from sollol_core.config import PluginSettings, Settings
 from sollol_core.errors import PluginError
+from sollol_core.gateway.app import create_app
+from sollol_core.gateway.common import ROUTER
 from sollol_core.hookspecs import hookimpl
 from sollol_core.plugins import Plugins
 from sollol_core.router import Router
@@ -193,6 +197,70 @@ async def test_a_failing_observer_does_not_fail_the_request() -> None:
     chunks, routing = await router.run(InferenceRequest.chat("m", []))
     assert chunks[-1]["message"]["content"] == "answered by a"
     assert routing.node == "a:11434"
+
+
+class Traces:
+    """Returns a header per attempt, as a tracing plugin would; another observer keeps records."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int]] = []
+
+    @hookimpl
+    def sollol_on_attempt(self, decision: Decision, attempt: int) -> dict[str, str]:
+        assert decision.target is not None
+        self.started.append((decision.target.host, attempt))
+        return {"traceparent": f"00-{attempt:032x}-{attempt:016x}-01"}
+
+
+async def test_sollol_on_attempt_and_sollol_on_attempt_finished_see_each_fail_over() -> None:
+    traces, recorder = Traces(), Recorder()
+    backend = StaticBackend([node("a", models=["m"], latency_ms=1.0),
+                             node("b", models=["m"], latency_ms=900.0)], fail={"a": 1})
+    router = Router.create(SETTINGS, isolated(("static", backend), ("traces", traces),
+                                              ("recorder", recorder)))
+    await router.fleet.refresh()
+    _, routing = await router.run(InferenceRequest.generate("m", "hi", stream=True))
+    assert routing.node == "b:11434" and routing.attempts == 2
+    assert traces.started == [("a", 1), ("b", 2)]
+    ((host, request),) = backend.executed
+    assert host == "b"
+    assert request.upstream_headers["traceparent"].startswith("00-" + "0" * 31 + "2")
+    failed, ran = recorder.attempts
+    assert (failed.attempt, failed.ok, failed.error_type) == (1, False, "BackendError")
+    assert "a refused" in (failed.error or "")
+    assert (ran.attempt, ran.ok, ran.error) == (2, True, None)
+    assert ran.first_chunk_ms is not None and ran.duration_ms >= ran.first_chunk_ms
+
+
+async def test_a_failing_observer_does_not_stop_the_other_observers() -> None:
+    recorder = Recorder()
+    backend = StaticBackend([node("a", models=["m"])])
+    # Registered after the recorder, so pluggy calls it first.
+    router = Router.create(SETTINGS, isolated(("static", backend), ("recorder", recorder),
+                                              ("flaky", Explodes())))
+    await router.fleet.refresh()
+    await router.run(InferenceRequest.chat("m", []))
+    assert len(recorder.decisions) == 1 and len(recorder.finished) == 1
+
+
+class Page:
+    @hookimpl
+    def sollol_gateway_app(self, app: web.Application) -> None:
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(text=f"{len(app[ROUTER].fleet.snapshot().nodes)} nodes")
+
+        app.router.add_get("/hello", hello)
+
+
+async def test_sollol_gateway_app_adds_a_page_behind_the_gateways_authentication(
+        aiohttp_client: Any) -> None:
+    settings = Settings.load(environ={}, flags={"gateway.api_keys": ["k"]})
+    router = Router.create(settings, isolated(("static", StaticBackend([node("a")])),
+                                              ("page", Page())))
+    client = await aiohttp_client(create_app(router))
+    assert (await client.get("/hello")).status == 401
+    response = await client.get("/hello", headers={"Authorization": "Bearer k"})
+    assert response.status == 200 and await response.text() == "1 nodes"
 
 
 class Commands:

@@ -30,6 +30,7 @@ def create_app(router: Router) -> web.Application:
     app.router.add_get("/api/sollol/status", _status)
     ollama.add_routes(app)
     openai.add_routes(app)
+    router.plugins.setup_gateway(app)
     return app
 
 

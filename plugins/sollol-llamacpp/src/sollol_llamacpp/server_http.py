@@ -28,7 +28,8 @@ async def run(session: aiohttp.ClientSession, base_url: str, request: InferenceR
     started = time.monotonic()
     sent = 0
     try:
-        async with session.post(f"{base_url}{path}", json=body) as response:
+        async with session.post(f"{base_url}{path}", json=body,
+                                headers=request.upstream_headers or None) as response:
             if response.status != 200:
                 text = _error_text(await response.read(), response.status)
                 raise BackendError(f"{label}: {text}",

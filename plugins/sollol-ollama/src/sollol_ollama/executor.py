@@ -28,7 +28,8 @@ async def execute(session: aiohttp.ClientSession, request: InferenceRequest, tar
     name = target.address
     sent = 0
     try:
-        async with session.post(url, json=dict(request.body)) as response:
+        async with session.post(url, json=dict(request.body),
+                                headers=request.upstream_headers or None) as response:
             if response.status != 200:
                 message = _error_message(await response.read(), response.status)
                 if response.status == 404:
