@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 
 from attrs import define, evolve, field
@@ -30,13 +31,14 @@ class Fleet:
     _telemetry: tuple[Telemetry, ...] = ()
     _task: asyncio.Task[None] | None = None
     performance: PerformanceBook = field(factory=PerformanceBook)
+    _local_host: str = field(factory=socket.gethostname)
 
     def snapshot(self) -> FleetSnapshot:
         """Frozen view for placement; snapshots older than ``stale_after_s`` are dropped."""
         horizon = time.time() - self.settings.health.stale_after_s
         nodes = tuple(n for n in self._nodes.values() if n.taken_at >= horizon)
         return FleetSnapshot(nodes=nodes, telemetry=self._telemetry,
-                             performance=self.performance.snapshot())
+                             performance=self.performance.snapshot(), local_host=self._local_host)
 
     def add(self, endpoint: Endpoint) -> None:
         """Track an endpoint that discovery would not find (e.g. one the Python API was given)."""

@@ -314,6 +314,31 @@ class FleetSnapshot:
     telemetry: tuple[Telemetry, ...] = ()
     performance: tuple[Performance, ...] = ()
     taken_at: float = field(factory=time.time)
+    #: This machine's host name: its telemetry also describes nodes on loopback addresses.
+    local_host: str = ""
+
+    @functools.cached_property
+    def _telemetry_index(self) -> dict[str, Telemetry]:
+        return {t.host: t for t in self.telemetry}
+
+    def telemetry_for(self, host: str) -> Telemetry | None:
+        """The merged telemetry of the machine at ``host`` (an agent's, or this machine's)."""
+        found = self._telemetry_index.get(host)
+        if found is None and self.local_host and is_loopback(host):
+            found = self._telemetry_index.get(self.local_host)
+        return found
+
+    def free_bytes_of(self, node: NodeSnapshot) -> int | None:
+        """Memory free for models on ``node``'s machine: what its probe saw on its devices, else
+        its machine's telemetry (free GPU memory where it has GPUs, else free RAM); ``None`` when
+        nothing measured it."""
+        if node.devices:
+            return node.free_bytes
+        machine = self.telemetry_for(node.endpoint.host)
+        if machine is None:
+            return None
+        gpus = [d.memory_free_bytes for d in machine.devices if d.memory_free_bytes is not None]
+        return sum(gpus) if gpus else machine.ram_free_bytes
 
     @functools.cached_property
     def _performance_index(self) -> dict[tuple[str, str], Performance]:

@@ -6,7 +6,14 @@ import pytest
 from attrs import evolve, fields
 
 from sollol_core.testing import node
-from sollol_core.types import Endpoint, same_model, split_host_port
+from sollol_core.types import (
+    DeviceTelemetry,
+    Endpoint,
+    FleetSnapshot,
+    Telemetry,
+    same_model,
+    split_host_port,
+)
 
 
 def test_with_in_flight_changes_only_the_count() -> None:
@@ -50,3 +57,23 @@ def test_model_names_follow_ollamas_default_tag() -> None:
     assert same_model("alice/tiny", "alice/tiny:latest")
     assert not same_model("llama3.2:1b", "llama3.2")
     assert node("a", models=["myreg:5000/ns/m"]).holds("myreg:5000/ns/m:latest")
+
+
+def test_free_memory_of_a_node_comes_from_its_probe_else_its_machines_telemetry() -> None:
+    gib = 2**30
+    probed = node("gpu-box", free_gib=6.0)
+    agent_gpu = evolve(node("10.0.0.7", free_gib=0), devices=())
+    local = evolve(node("127.0.0.1", free_gib=0), devices=())
+    unmeasured = evolve(node("10.0.0.9", free_gib=0), devices=())
+    snapshot = FleetSnapshot(
+        nodes=(probed, agent_gpu, local, unmeasured), local_host="this-box",
+        telemetry=(
+            Telemetry(host="10.0.0.7", source="agent", taken_at=0.0, ram_free_bytes=64 * gib,
+                      devices=(DeviceTelemetry(0, "A", memory_free_bytes=20 * gib),
+                               DeviceTelemetry(1, "B", memory_free_bytes=4 * gib))),
+            Telemetry(host="this-box", source="cpu", taken_at=0.0, ram_free_bytes=3 * gib),
+        ))
+    assert snapshot.free_bytes_of(probed) == 6 * gib
+    assert snapshot.free_bytes_of(agent_gpu) == 24 * gib  # GPUs, not the host's RAM
+    assert snapshot.free_bytes_of(local) == 3 * gib  # loopback node: this machine's RAM
+    assert snapshot.free_bytes_of(unmeasured) is None
