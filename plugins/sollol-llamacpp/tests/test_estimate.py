@@ -24,6 +24,7 @@ from sollol_llamacpp.estimate import (
     footprint_from_profile,
     read_footprint,
 )
+from sollol_llamacpp.gguf_header import SkippedArray, read_header
 from sollol_llamacpp.processes import ephemeral_port
 
 MIB = 1 << 20
@@ -56,6 +57,23 @@ def test_reads_the_real_gguf(gemma: Path, footprint: ModelFootprint, reader: GGU
     # gemma3: a 512-token window on all layers but every 6th (llama.cpp's default pattern)
     assert footprint.sliding_window == 512
     assert [il for il, swa in enumerate(footprint.swa_layers) if not swa] == [5, 11, 17]
+
+
+def test_the_fast_header_reader_agrees_with_the_gguf_package(gemma: Path,
+                                                             reader: GGUFReader) -> None:
+    header = read_header(gemma)
+    assert {t.name: (t.n_bytes, t.shape) for t in header.tensors} == {
+        t.name: (int(t.n_bytes), tuple(int(d) for d in t.shape)) for t in reader.tensors}
+    for key, field in reader.fields.items():
+        value = field.contents()
+        if key.startswith("GGUF."):
+            continue
+        if isinstance(value, list) and (len(value) > 4096 or isinstance(value[0], str)):
+            assert header.metadata[key] == SkippedArray(len(value)), key  # the vocabulary...
+        else:
+            assert header.metadata[key] == pytest.approx(value), key
+    first = read_header(gemma, stop_after={"general.architecture"})
+    assert first.metadata["general.architecture"] == "gemma3" and first.tensors == ()
 
 
 _LINES = {

@@ -291,12 +291,9 @@ async def test_a_sharded_coordinator_chats_and_refuses_embeddings_clearly(
     assert routing.backend == "sharded"
 
 
-def test_gguf_metadata_reads_keys_without_parsing_the_vocabulary(gemma: Path) -> None:
-    from sollol_llamacpp.coordinator import fallback_chat_template, gguf_metadata
+def test_a_gguf_without_a_chat_template_gets_llama_cpps_builtin_one(gemma: Path) -> None:
+    from sollol_llamacpp.coordinator import fallback_chat_template
 
-    keys = gguf_metadata(gemma, {"general.architecture", "tokenizer.chat_template",
-                                 "gemma3.block_count"})
-    assert keys == {"general.architecture": "gemma3", "gemma3.block_count": None}
     assert fallback_chat_template(gemma) == "gemma"  # no template in this GGUF: llama.cpp's own
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import struct
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from attrs import define, field
 from sollol_core.errors import BackendError
 from sollol_core.types import Endpoint, model_key
 from sollol_llamacpp.binaries import Binaries
+from sollol_llamacpp.gguf_header import read_header
 from sollol_llamacpp.processes import Child, ephemeral_port, logs_dir
 
 log = logging.getLogger(__name__)
@@ -64,53 +64,11 @@ def fallback_chat_template(gguf: Path) -> str | None:
 
 @functools.lru_cache(maxsize=32)
 def _fallback_chat_template(path: str, _size: int, _mtime_ns: int) -> str | None:
-    keys = gguf_metadata(Path(path), {"tokenizer.chat_template", "general.architecture"})
+    keys = read_header(Path(path), stop_after={"tokenizer.chat_template",
+                                               "general.architecture"}).metadata
     if "tokenizer.chat_template" in keys:
         return None
     return BUILTIN_TEMPLATES.get(str(keys.get("general.architecture", "")))
-
-
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
-
-
-def gguf_metadata(path: Path, wanted: set[str]) -> dict[str, object]:
-    """The string values of ``wanted`` keys (and the presence of any other wanted key) from a
-    GGUF's key-value header, skipping everything else without decoding it — much faster than a
-    full reader on a 256k-token vocabulary."""
-    found: dict[str, object] = {}
-    with path.open("rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        f.read(4 + 8)  # version, tensor count
-        (count,) = struct.unpack("<Q", f.read(8))
-        for _ in range(count):
-            (length,) = struct.unpack("<Q", f.read(8))
-            key = f.read(length).decode(errors="replace")
-            (kind,) = struct.unpack("<I", f.read(4))
-            if kind == _STRING:
-                (size,) = struct.unpack("<Q", f.read(8))
-                if key in wanted:
-                    found[key] = f.read(size).decode(errors="replace")
-                else:
-                    f.seek(size, 1)
-            elif kind == _ARRAY:
-                item, items = struct.unpack("<IQ", f.read(12))
-                if item == _STRING:
-                    for _ in range(items):
-                        (size,) = struct.unpack("<Q", f.read(8))
-                        f.seek(size, 1)
-                else:
-                    f.seek(_SCALAR_SIZES[item] * items, 1)
-                if key in wanted:
-                    found[key] = None
-            else:
-                f.seek(_SCALAR_SIZES[kind], 1)
-                if key in wanted:
-                    found[key] = None
-            if wanted <= found.keys():
-                break
-    return found
 
 
 def command(binaries: Binaries, gguf: Path, workers: Sequence[Endpoint],

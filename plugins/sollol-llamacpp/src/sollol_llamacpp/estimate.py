@@ -32,6 +32,8 @@ from typing import Any
 
 import attrs
 
+from sollol_llamacpp.gguf_header import read_header
+
 __all__ = ["CACHE_TYPES", "MODEL_PROFILES", "SWA_PATTERNS", "ModelFootprint",
            "UnknownModelProfile", "estimate_from_profile", "footprint_from_model_info",
            "footprint_from_profile", "read_footprint"]
@@ -186,36 +188,29 @@ def _hyper(arch: str, get: Callable[[str], Any]) -> dict[str, Any]:
 
 
 def read_footprint(path: Path) -> ModelFootprint:
-    """A GGUF's footprint from its metadata and tensor infos (``gguf.GGUFReader`` maps the file;
-    no tensor data is read). Cached by path, size and mtime: the reader parses every vocabulary
-    entry in Python, seconds for a 256k vocabulary."""
+    """A GGUF's footprint from its metadata and tensor table (no tensor data is read). Cached by
+    path, size and mtime."""
     stat = Path(path).stat()
     return _read_footprint(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=32)
 def _read_footprint(path: str, file_bytes: int, _mtime_ns: int) -> ModelFootprint:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path, "r")
-
-    def get(key: str) -> Any:
-        field = reader.fields.get(key)
-        return None if field is None else field.contents()
-
+    header = read_header(Path(path))
+    get = header.metadata.get
     arch = str(get("general.architecture"))
     hyper = _hyper(arch, get)
     layers: list[int] = [0] * hyper["layer_count"]
     rest = elements = 0
-    for tensor in reader.tensors:
-        elements += int(tensor.n_elements)
+    for tensor in header.tensors:
+        elements += tensor.n_elements
         match = re.match(r"blk\.(\d+)\.", tensor.name)
         if match and int(match[1]) < len(layers):
-            layers[int(match[1])] += int(tensor.n_bytes)
+            layers[int(match[1])] += tensor.n_bytes
         else:
-            rest += int(tensor.n_bytes)
+            rest += tensor.n_bytes
         if tensor.name == "token_embd.weight" and not hyper["vocab_size"]:
-            hyper["vocab_size"] = int(tensor.shape[1])
+            hyper["vocab_size"] = tensor.shape[1]
     return ModelFootprint(layer_bytes=tuple(layers), non_layer_bytes=rest, file_bytes=file_bytes,
                           parameter_count=int(get("general.parameter_count") or elements), **hyper)
 
