@@ -105,6 +105,36 @@ def serve(state: CliState, host: str | None, port: int | None, api_keys: tuple[s
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("--host", help="Address to listen on (default 127.0.0.1; others need "
+              "--allow-remote and a token).")
+@click.option("--port", type=int, help="Port to listen on (default 11436).")
+@click.option("--token", help="Require this Bearer token (better: $SOLLOL_AGENT_TOKEN, which "
+              "other users cannot see in the process list).")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow a non-loopback --host: routers on other machines can use this one.")
+@click.option("--advertise", metavar="HOST",
+              help="Address routers reach this machine by, given in worker endpoints "
+              "(default: --host, or the outgoing address when --host is 0.0.0.0).")
+@click.pass_obj
+def agent(state: CliState, host: str | None, port: int | None, token: str | None,
+          allow_remote: bool, advertise: str | None) -> None:
+    """Serve this machine to routers until Ctrl-C: its telemetry (every telemetry plugin) and
+    what plugins add (the llamacpp plugin: start and stop RPC workers here)."""
+    from sollol_core.agent import serve as agent_serve
+
+    settings = state.settings(**{"agent.host": host, "agent.port": port,
+                                 "agent.allow_remote": True if allow_remote else None,
+                                 "agent.advertise": advertise, "discovery.agent_token": token})
+    try:
+        agent_serve.run(state.plugins, settings, ready=lambda line: click.echo(line, err=True))
+    except agent_serve.UnsafeAddress as exc:
+        fail(str(exc), code=2)
+    except SollolError as exc:
+        fail(str(exc))
+    click.echo("stopped", err=True)
+
+
+@cli.command(context_settings=CONTEXT)
 @click.option("--ollama-node", "ollama_nodes", multiple=True, metavar="HOST:PORT",
               help="Also probe this Ollama node (repeatable).")
 @click.option("--rpc-backend", "rpc_backends", multiple=True, metavar="HOST:PORT",

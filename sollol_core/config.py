@@ -24,6 +24,7 @@ from sollol_core.errors import ConfigError
 from sollol_core.types import split_host_port
 
 DEFAULT_PORT = 11435  # next to Ollama's 11434, so a local Ollama and SOLLOL never collide
+AGENT_PORT = 11436  # `sollol agent`, one per machine
 
 
 class InvalidSetting(ValueError):
@@ -42,6 +43,11 @@ def _port(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise InvalidSetting(attribute.name, f"expected a number above 0, got {value}")
+
+
+def _not_negative(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 0:
+        raise InvalidSetting(attribute.name, f"expected 0 or more, got {value}")
 
 
 def _addresses(default_port: int) -> Any:
@@ -112,6 +118,23 @@ class DiscoverySettings:
     #: Networks to sweep for nodes; empty (the default) means no sweep.
     subnets: tuple[str, ...] = field(default=(), validator=_networks)
     timeout_s: float = field(default=1.0, validator=_positive)
+    #: ``sollol agent`` daemons ("host:port") whose machines' telemetry placement uses.
+    agents: tuple[str, ...] = field(default=(), validator=_addresses(AGENT_PORT))
+    #: The Bearer token the router sends to agents and agents require (one secret per fleet).
+    agent_token: str = ""
+
+
+@frozen
+class AgentSettings:
+    """``sollol agent``: this machine's telemetry and RPC workers, served to a router."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=AGENT_PORT, validator=_port)
+    #: The address the router reaches this machine by, given in worker endpoints; empty: the
+    #: bind address, or this machine's outgoing address when binding all interfaces.
+    advertise: str = ""
+    #: Binding anything but loopback needs this (and a token): the agent starts processes.
+    allow_remote: bool = False
 
 
 @frozen
@@ -153,6 +176,8 @@ class LlamacppSettings:
     parallel: int = field(default=2, validator=_positive)
     #: RPC workers to start on this machine with the router (0: use only the ones named).
     local_workers: int = 0
+    #: RPC workers the router asks each agent (``discovery.agents``) to run while it runs.
+    agent_workers: int = field(default=0, validator=_not_negative)
     #: Workers a split uses at the least when that many are free (a split over one is no split).
     min_shard_workers: int = field(default=2, validator=_positive)
     #: Models with at least this many parameters are sharded even if a node holds them whole.
@@ -169,6 +194,7 @@ class Settings:
     health: HealthSettings = field(factory=HealthSettings)
     routing: RoutingSettings = field(factory=RoutingSettings)
     llamacpp: LlamacppSettings = field(factory=LlamacppSettings)
+    agent: AgentSettings = field(factory=AgentSettings)
 
     @classmethod
     def load(cls, *, config_path: str | os.PathLike[str] | None = None,
@@ -201,6 +227,11 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_LLAMACPP_SERVERS": "discovery.llamacpp_servers",
     "SOLLOL_SUBNETS": "discovery.subnets",
     "SOLLOL_DISCOVERY_TIMEOUT": "discovery.timeout_s",
+    "SOLLOL_AGENTS": "discovery.agents",
+    "SOLLOL_AGENT_TOKEN": "discovery.agent_token",
+    "SOLLOL_AGENT_HOST": "agent.host",
+    "SOLLOL_AGENT_PORT": "agent.port",
+    "SOLLOL_AGENT_ADVERTISE": "agent.advertise",
     "SOLLOL_HEALTH_INTERVAL": "health.interval_s",
     "SOLLOL_HEALTH_TIMEOUT": "health.timeout_s",
     "SOLLOL_MAX_ATTEMPTS": "routing.max_attempts",
@@ -214,6 +245,7 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_COORDINATOR_TIMEOUT": "llamacpp.coordinator_timeout_s",
     "SOLLOL_IDLE_UNLOAD": "llamacpp.idle_unload_s",
     "SOLLOL_LOCAL_WORKERS": "llamacpp.local_workers",
+    "SOLLOL_AGENT_WORKERS": "llamacpp.agent_workers",
     "SOLLOL_MIN_SHARD_WORKERS": "llamacpp.min_shard_workers",
     "SOLLOL_LAYER_STRATEGY": "llamacpp.layer_strategy",
     "SOLLOL_DISTRIBUTED_THRESHOLD_PARAMS": "llamacpp.distributed_threshold_params",

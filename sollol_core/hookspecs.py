@@ -83,14 +83,18 @@ def sollol_probe(endpoint: Endpoint, settings: Settings) -> Awaitable[NodeSnapsh
 
 
 @hookspec
-def sollol_collect_telemetry(settings: Settings) -> Awaitable[Telemetry | None] | None:
+def sollol_collect_telemetry(
+    settings: Settings,
+) -> Awaitable[Telemetry | Sequence[Telemetry] | None] | None:
     """Measure this machine (or the machines this plugin can reach) for placement.
 
     :param settings: the effective settings.
 
-    Called on the health schedule. Each telemetry plugin fills the fields it knows (device memory,
-    utilisation, CPU, RAM, process memory) and the core merges the reports per host. Return
-    ``None`` (or an awaitable of ``None``) when there is nothing to report, e.g. no GPU.
+    Called on the health schedule (and by ``sollol agent`` for each telemetry request). Each
+    telemetry plugin fills the fields it knows (device memory, utilisation, CPU, RAM, process
+    memory) and the core merges the reports per host. Return one report, several (one per
+    machine, e.g. one per agent), or ``None`` (or an awaitable of ``None``) when there is nothing
+    to report, e.g. no GPU.
     """
 
 
@@ -213,6 +217,21 @@ def sollol_gateway_app(app: web.Application) -> None:
     Called once per application, after the core's routes and middlewares are added; a middleware
     appended here runs inside the core's (after authentication). Not called for the Python API,
     which has no HTTP server.
+    """
+
+
+@hookspec
+def sollol_agent_app(app: web.Application, settings: Settings) -> None:
+    """Extend the application of ``sollol agent`` (this machine's daemon) before it starts.
+
+    :param app: the agent's application; its token check already guards every route added here.
+    :param settings: the effective settings; ``settings.agent`` holds the agent's bind address,
+        the address it advertises to routers (``advertise``) and ``allow_remote``.
+
+    Called once per agent application, after the core's routes (``/v1/telemetry``). Backend
+    plugins add the routes through which a router manages this machine's processes (the llamacpp
+    plugin: ``/v1/workers``) and a ``cleanup_ctx`` that stops whatever they started: an agent
+    that stops leaves no process behind.
     """
 
 

@@ -41,6 +41,7 @@ ENTRY_POINT_GROUP = "sollol"
 #: Default plugins, registered like any other and blockable by these names.
 BUILTIN_PLUGINS: dict[str, str] = {
     "builtin-placement": "sollol_core.builtin.placement",
+    "builtin-agents": "sollol_core.builtin.agents",
 }
 
 PluginState = Literal["enabled", "blocked", "not allowed", "failed"]
@@ -151,11 +152,11 @@ class Plugins:
         """Every plugin's report, merged per host."""
         results = self.pm.hook.sollol_collect_telemetry(settings=settings)
         merged: dict[str, Telemetry] = {}
-        for report in await _gather_logged("sollol_collect_telemetry", results):
-            if report is None:
-                continue
-            known = merged.get(report.host)
-            merged[report.host] = report if known is None else known.merged_with(report)
+        for result in await _gather_logged("sollol_collect_telemetry", results):
+            reports = (result,) if isinstance(result, Telemetry) else result or ()
+            for report in reports:
+                known = merged.get(report.host)
+                merged[report.host] = report if known is None else known.merged_with(report)
         return list(merged.values())
 
     def place(self, request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
@@ -209,6 +210,10 @@ class Plugins:
     def setup_gateway(self, app: Any) -> None:
         """Let plugins add routes, middlewares and cleanup contexts to the gateway."""
         self.pm.hook.sollol_gateway_app(app=app)
+
+    def setup_agent(self, app: Any, settings: Settings) -> None:
+        """Let plugins add routes and cleanup contexts to ``sollol agent``'s application."""
+        self.pm.hook.sollol_agent_app(app=app, settings=settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, settings: Settings) -> AsyncIterator[None]:

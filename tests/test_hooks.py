@@ -86,12 +86,12 @@ async def test_sollol_probe_is_answered_by_the_plugin_that_owns_the_kind() -> No
 
 
 class Gauge:
-    def __init__(self, report: Telemetry | None) -> None:
+    def __init__(self, report: Telemetry | Sequence[Telemetry] | None) -> None:
         self.report = report
 
     @hookimpl
-    def sollol_collect_telemetry(self) -> Awaitable[Telemetry | None]:
-        async def measure() -> Telemetry | None:
+    def sollol_collect_telemetry(self) -> Awaitable[Telemetry | Sequence[Telemetry] | None]:
+        async def measure() -> Telemetry | Sequence[Telemetry] | None:
             return self.report
 
         return measure()
@@ -110,6 +110,19 @@ async def test_sollol_collect_telemetry_merges_reports_of_one_host() -> None:
     assert reports["m1"].cpu_count == 8
     assert reports["m1"].devices[0].memory_total_bytes == 24
     assert set(reports["m1"].source.split("+")) == {"cpu", "gpu"}
+
+
+async def test_sollol_collect_telemetry_takes_several_reports_from_one_plugin() -> None:
+    now = time.time()
+    local = Telemetry(host="m1", source="cpu", taken_at=now, cpu_count=8)
+    agents = [Telemetry(host="m1", source="agent", taken_at=now, ram_free_bytes=5),
+              Telemetry(host="m2", source="agent", taken_at=now, ram_free_bytes=7)]
+    plugins = isolated(("cpu-gauge", Gauge(local)), ("agents", Gauge(agents)),
+                       ("none-at-all", Gauge([])))
+    reports = {r.host: r for r in await plugins.collect_telemetry(SETTINGS)}
+    assert set(reports) == {"m1", "m2"}
+    assert (reports["m1"].cpu_count, reports["m1"].ram_free_bytes) == (8, 5)
+    assert reports["m2"].ram_free_bytes == 7
 
 
 class PinPolicy:
@@ -261,6 +274,27 @@ async def test_sollol_gateway_app_adds_a_page_behind_the_gateways_authentication
     assert (await client.get("/hello")).status == 401
     response = await client.get("/hello", headers={"Authorization": "Bearer k"})
     assert response.status == 200 and await response.text() == "1 nodes"
+
+
+class AgentPage:
+    @hookimpl
+    def sollol_agent_app(self, app: web.Application, settings: Settings) -> None:
+        async def where(request: web.Request) -> web.Response:
+            return web.Response(text=f"reach me at {settings.agent.advertise}")
+
+        app.router.add_get("/v1/where", where)
+
+
+async def test_sollol_agent_app_adds_a_route_behind_the_agents_token(
+        aiohttp_client: Any) -> None:
+    from sollol_core.agent.app import create_agent_app
+
+    settings = Settings.load(environ={}, flags={"agent.host": "127.0.0.5"})
+    client = await aiohttp_client(create_agent_app(isolated(("page", AgentPage())), settings,
+                                                   token="t0ken"))
+    assert (await client.get("/v1/where")).status == 401
+    response = await client.get("/v1/where", headers={"Authorization": "Bearer t0ken"})
+    assert response.status == 200 and await response.text() == "reach me at 127.0.0.5"
 
 
 class Commands:

@@ -76,3 +76,24 @@ async def test_sees_a_running_inference_process(rpc_server: subprocess.Popen[byt
     assert len(seen) == 1
     assert seen[0].name == "rpc-server"
     assert seen[0].rss_bytes is not None and seen[0].rss_bytes > 0
+
+
+
+async def test_reports_the_processes_sollol_started_whatever_their_name() -> None:
+    """Children of this process, recursively: here a shell and the ``sleep`` it started."""
+    shell = await asyncio.create_subprocess_exec("sh", "-c", "sleep 30 & wait")
+    try:
+        for _ in range(100):  # until the shell has started its sleep
+            if psutil.Process(shell.pid).children():
+                break
+            await asyncio.sleep(0.05)
+        (sleeper,) = psutil.Process(shell.pid).children()
+        seen = {p.pid: p for p in (await _report()).processes}
+        assert seen[shell.pid].name == "sh"
+        assert seen[sleeper.pid].name == "sleep"
+        assert all(seen[pid].rss_bytes for pid in (shell.pid, sleeper.pid))
+    finally:
+        for process in psutil.Process(shell.pid).children(recursive=True):
+            process.kill()
+        shell.kill()
+        await shell.wait()

@@ -1,7 +1,8 @@
 """CPU and RAM telemetry of this machine, for placement.
 
 GPU plugins report device memory, but CPU-only machines (RPC workers, small Ollama nodes) have
-none: placement needs their RAM, load and the memory their inference processes already hold.
+none: placement needs their RAM, load and the memory their inference processes already hold:
+those found by name, and every process SOLLOL itself started (children of this process).
 psutil calls block (they read ``/proc``), so they run in a thread, off the core's event loop.
 """
 
@@ -46,7 +47,9 @@ def _measure() -> Telemetry:
 
 
 def _inference_processes() -> list[ProcessMemory]:
-    found = []
+    """Inference processes found by name, then every process SOLLOL started (the children of
+    this process, recursively: coordinators, RPC workers, an agent's workers), each once."""
+    found: dict[int, ProcessMemory] = {}
     for proc in psutil.process_iter():
         try:
             name = proc.name()
@@ -54,7 +57,18 @@ def _inference_processes() -> list[ProcessMemory]:
                 argv = proc.cmdline()
                 name = os.path.basename(argv[0]) if argv else ""
             if name in INFERENCE_PROCESSES:
-                found.append(ProcessMemory(proc.pid, name, proc.memory_info().rss))
+                found[proc.pid] = ProcessMemory(proc.pid, name, proc.memory_info().rss)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return found
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        children = []
+    for child in children:
+        if child.pid in found:
+            continue
+        try:
+            found[child.pid] = ProcessMemory(child.pid, child.name(), child.memory_info().rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return list(found.values())
