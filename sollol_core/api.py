@@ -7,7 +7,9 @@ is :mod:`sollol_core.sync`.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -16,7 +18,7 @@ from sollol_core.config import Settings
 from sollol_core.convert import unstructure
 from sollol_core.plugins import Plugins
 from sollol_core.router import Router
-from sollol_core.types import Health, InferenceRequest, Role
+from sollol_core.types import Health, InferenceRequest, Role, model_key
 
 Address = str | Mapping[str, Any]
 
@@ -127,6 +129,20 @@ class OllamaPool:
         return {"nodes": [unstructure(n) for n in fleet.nodes]}
 
 
+def _gguf_files(given: str | os.PathLike[str] | Mapping[str, str] | None,
+                ) -> str | dict[str, str] | None:
+    """``gguf_path`` checked: one file for all models, or model name -> file."""
+    if given is None:
+        return None
+    files = ({str(k): os.fspath(v) for k, v in given.items()} if isinstance(given, Mapping)
+             else {"": os.fspath(given)})
+    for name, path in files.items():
+        if not Path(path).expanduser().is_file():
+            what = f"gguf_path for {name!r}" if name else "gguf_path"
+            raise FileNotFoundError(f"{what}: no such file: {path}")
+    return files if isinstance(given, Mapping) else files[""]
+
+
 async def _relay(reply: Any) -> AsyncIterator[dict[str, Any]]:
     async for chunk in reply:
         yield dict(chunk)
@@ -136,7 +152,9 @@ class HybridRouter:
     """Runs a model whole on one node when it fits, or sharded over llama.cpp RPC workers.
 
     The arguments are those of the original SOLLOL; ``rpc_backends`` takes
-    ``[{"host": ..., "port": ...}]`` or ``"host:port"`` strings. Sharding itself comes from the
+    ``[{"host": ..., "port": ...}]`` or ``"host:port"`` strings. ``gguf_path`` is the GGUF file
+    that sharded requests load for any model neither ``[llamacpp] models`` nor the local Ollama
+    store resolves (or a ``{model: path}`` mapping). Sharding itself comes from the
     ``sollol-llamacpp`` plugin; without it every request runs whole.
     """
 
@@ -144,7 +162,8 @@ class HybridRouter:
                  rpc_backends: Sequence[Address] | None = None, auto_discover_rpc: bool = False,
                  auto_setup_rpc: bool = False, num_rpc_backends: int = 1,
                  distributed_threshold_params: float | None = None,
-                 coordinator_timeout: float = 120.0, gguf_path: str | None = None,
+                 coordinator_timeout: float = 120.0,
+                 gguf_path: str | os.PathLike[str] | Mapping[str, str] | None = None,
                  layer_strategy: str = "memory_aware", settings: Settings | None = None,
                  plugins: Plugins | None = None) -> None:
         if layer_strategy not in {"memory_aware", "even"}:
@@ -152,6 +171,7 @@ class HybridRouter:
                 f"layer_strategy must be 'memory_aware' or 'even', got {layer_strategy!r}")
         if num_rpc_backends < 1:
             raise ValueError(f"num_rpc_backends must be at least 1, got {num_rpc_backends}")
+        ggufs = _gguf_files(gguf_path)
         if ollama_pool is None:
             ollama_pool = OllamaPool(settings=settings, plugins=plugins)
         current = ollama_pool.router.settings
@@ -161,6 +181,8 @@ class HybridRouter:
             + tuple(_address(b) for b in rpc_backends or ()))
         llamacpp = attrs.evolve(
             current.llamacpp, coordinator_timeout_s=coordinator_timeout,
+            models={**current.llamacpp.models,
+                    **(ggufs if isinstance(ggufs, dict) else {})},
             layer_strategy=layer_strategy,
             distributed_threshold_params=distributed_threshold_params
             if distributed_threshold_params is not None
@@ -178,6 +200,8 @@ class HybridRouter:
         self.distributed_threshold_params = distributed_threshold_params
         self.coordinator_timeout = coordinator_timeout
         self.gguf_path = gguf_path
+        #: The one GGUF given for every model that nothing else resolves (the seed's usage).
+        self._default_gguf = ggufs if isinstance(ggufs, str) else None
         self.layer_strategy = layer_strategy
         self._requests = 0
         self._distributed = 0
@@ -200,13 +224,33 @@ class HybridRouter:
         if not self.enable_distributed:
             return False
         await self.pool.start()
+        await self._offer_default_gguf(model)
         decision = self.pool.router.decide(InferenceRequest.chat(model, []))
         return decision.plan is not None
+
+    async def _offer_default_gguf(self, model: str) -> None:
+        """With one ``gguf_path`` for all models, a model that no RPC worker can take (neither
+        ``[llamacpp] models`` nor the Ollama store resolve it) gets that file, then the fleet is
+        refreshed so that placement sees it."""
+        if self._default_gguf is None or not self.enable_distributed:
+            return
+        router = self.pool.router
+        if any(model_key(m) == model_key(model) for m in router.settings.llamacpp.models):
+            return
+        if any(n.holds(model) for n in router.fleet.snapshot().nodes if n.role is Role.WORKER):
+            return
+        llamacpp = router.settings.llamacpp
+        router.settings = attrs.evolve(router.settings, llamacpp=attrs.evolve(
+            llamacpp, models={**llamacpp.models, model: self._default_gguf}))
+        router.fleet.settings = router.settings
+        await router.fleet.refresh()
 
     async def route_request(self, model: str, messages: Sequence[Mapping[str, Any]], *,
                             priority: int = Priority.NORMAL, timeout: float | None = None,
                             max_tokens: int | None = None, **fields: Any) -> Any:
         """Chat with ``model`` wherever placement puts it; the response carries ``_routing``."""
+        await self.pool.start()
+        await self._offer_default_gguf(model)
         if max_tokens is not None:
             options = dict(fields.pop("options", {}) or {})
             options["num_predict"] = max_tokens
