@@ -225,6 +225,11 @@ class NodeSnapshot:
         """:meth:`has_loaded` for a name already normalised with :func:`model_key`."""
         return self._model_keys.get(key, False)
 
+    def model_state(self, key: str) -> bool | None:
+        """For a normalised name: ``None`` if not held, else whether it is loaded (one lookup
+        for placement's loop over every node)."""
+        return self._model_keys.get(key)
+
 
 @functools.lru_cache(maxsize=4096)
 def model_key(name: str) -> str:

@@ -26,8 +26,8 @@ POLICY = "default"
 KEPT_CANDIDATES = 8
 
 
-def score(node: NodeSnapshot, key: str, seen: Performance | None) -> float:
-    """Higher is better (``key`` is the model name normalised by ``model_key``).
+def score(node: NodeSnapshot, loaded: bool, seen: Performance | None) -> float:
+    """Higher is better; ``loaded``: the model is in the node's memory.
 
     Room now dominates (100 × the share of free slots), then a model already in memory (+25),
     then what this node did with this model lately: generation speed (up to +20 at 200 tokens/s)
@@ -37,7 +37,7 @@ def score(node: NodeSnapshot, key: str, seen: Performance | None) -> float:
     parallel = node.parallel if node.parallel > 0 else 1
     spare = parallel - node.in_flight
     value = 100.0 * spare / parallel if spare > 0 else 0.0
-    if node.has_loaded_key(key):
+    if loaded:
         value += 25.0
     if seen is not None:
         latency = seen.latency_ms
@@ -73,25 +73,28 @@ def explain(node: NodeSnapshot, model: str, fleet: FleetSnapshot) -> str:
 def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision:
     model = request.model
     key = model_key(model)  # normalised once, not once per node
+    seen = fleet.performance_by_node(model)
+    up, role = Health.UP, Role.NODE
     healthy = 0
-    holders: list[NodeSnapshot] = []
+    # (-score, endpoint key, node): tuples compare in C, and the key breaks ties deterministically
+    scored: list[tuple[float, str, NodeSnapshot]] = []
     for node in fleet.nodes:
-        if node.health is Health.UP and node.role is Role.NODE:
+        if node.health is up and node.role is role:
             healthy += 1
-            if node.holds_key(key):
-                holders.append(node)
-    if not holders:
+            loaded = node.model_state(key)
+            if loaded is not None:
+                endpoint = node.endpoint.key
+                scored.append((-score(node, loaded, seen.get(endpoint) if seen else None),
+                               endpoint, node))
+    if not scored:
         return Decision.refuse(
             request, policy=POLICY,
             reason=(f"model '{model}' is on no healthy node "
                     f"({healthy} healthy of {len(fleet.nodes)} known)"))
-    seen = fleet.performance_by_node(model)
-    scored = [(score(n, key, seen.get(n.endpoint.key) if seen else None), n) for n in holders]
     # Only the few best are explained; a full sort of a large fleet would cost more than scoring.
-    best = heapq.nsmallest(KEPT_CANDIDATES, scored,
-                           key=lambda item: (-item[0], item[1].endpoint.key))
-    candidates = tuple(Candidate(n.endpoint, round(value, 3), explain(n, model, fleet))
-                       for value, n in best)
+    best = heapq.nsmallest(KEPT_CANDIDATES, scored)
+    candidates = tuple(Candidate(n.endpoint, round(-value, 3), explain(n, model, fleet))
+                       for value, _, n in best)
     chosen = candidates[0]
     return Decision.whole(request, chosen.endpoint, policy=POLICY, candidates=candidates,
-                          reason=f"best of {len(holders)} holding the model: {chosen.note}")
+                          reason=f"best of {len(scored)} holding the model: {chosen.note}")
