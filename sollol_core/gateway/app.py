@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from sollol_core.convert import unstructure
-from sollol_core.gateway import ollama, openai
+from sollol_core.gateway import dashboard, metrics, ollama, openai
 from sollol_core.gateway.common import ROUTER
 from sollol_core.plugins import core_version
 from sollol_core.router import Router
@@ -30,6 +30,8 @@ def create_app(router: Router) -> web.Application:
     app.router.add_get("/api/sollol/status", _status)
     ollama.add_routes(app)
     openai.add_routes(app)
+    metrics.setup(app)
+    dashboard.setup(app)
     router.plugins.setup_gateway(app)
     return app
 
@@ -63,6 +65,8 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     if keys and request.path not in PUBLIC_PATHS:
         given = request.headers.get("Authorization", "")
         token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not token and dashboard.is_dashboard(request.path):
+            token = dashboard.key_of(request)  # EventSource cannot send headers
         if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
             message = "unauthorized: missing or wrong API key"
             body: object = ({"error": {"message": message, "type": "invalid_request_error",

@@ -1,0 +1,247 @@
+"""The live dashboard: ``GET /dashboard`` (one static page, no build step) fed by server-sent
+events at ``GET /dashboard/events``, one JSON state every second and soon after each change.
+``GET /dashboard/state`` answers the same state once.
+
+With API keys configured, a browser's ``EventSource`` cannot send an ``Authorization`` header, so
+the dashboard's paths (and only those) also take the key as ``?key=``; ``/dashboard?key=...``
+then sets an HttpOnly, SameSite=Strict cookie limited to ``/dashboard`` that the page's event
+stream sends by itself, and the page drops the key from the address bar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from attrs import define, field
+
+from sollol_core.breaker import CircuitSnapshot
+from sollol_core.gateway.common import ROUTER
+from sollol_core.observatory import Observatory
+from sollol_core.plugins import core_version
+from sollol_core.router import Router
+from sollol_core.types import FleetSnapshot, NodeSnapshot, Telemetry, model_key
+
+PREFIX = "/dashboard"
+COOKIE = "sollol_dashboard_key"
+#: Every ``PERIOD_S`` a fresh state; after a change, one within ``MIN_GAP_S``.
+PERIOD_S = 1.0
+MIN_GAP_S = 0.2
+
+
+@define(eq=False)
+class Hub:
+    """The dashboard's state: the observatory, and what wakes and stops the event streams."""
+
+    observatory: Observatory
+    stopping: asyncio.Event = field(factory=asyncio.Event)
+    #: Counts changes; a stream remembers the generation it sent.
+    generation: int = 0
+    #: Event streams open now.
+    streams: int = 0
+    _wake: asyncio.Event = field(factory=asyncio.Event)
+
+    def changed(self) -> None:
+        self.generation += 1
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def close(self, app: web.Application | None = None) -> None:
+        """End every open event stream (on the application's shutdown)."""
+        self.stopping.set()
+        self._wake.set()
+
+    async def next_change(self, seen: int, timeout: float) -> None:
+        """Wait until a change after generation ``seen``, the hub closes, or ``timeout``."""
+        if self.generation != seen or self.stopping.is_set():
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+
+HUB = web.AppKey("dashboard_hub", Hub)
+
+
+def setup(app: web.Application) -> Hub:
+    """Register the dashboard's observer on the router and add its routes."""
+    router = app[ROUTER]
+    hub = Hub(Observatory())
+    hub.observatory.listeners.append(hub.changed)
+    name = f"sollol-gateway-dashboard-{id(app):x}"
+    router.plugins.pm.register(hub.observatory, name=name)
+    app[HUB] = hub
+
+    async def unregister(app: web.Application) -> None:
+        if router.plugins.pm.has_plugin(name):
+            router.plugins.pm.unregister(name=name)
+
+    app.on_shutdown.append(hub.close)
+    app.on_cleanup.append(unregister)
+    app.router.add_get(PREFIX, _page)
+    app.router.add_get(PREFIX + "/events", _events)
+    app.router.add_get(PREFIX + "/state", _state)
+    return hub
+
+
+def is_dashboard(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def key_of(request: web.Request) -> str:
+    """The API key a dashboard request carries outside the ``Authorization`` header."""
+    return request.query.get("key") or request.cookies.get(COOKIE, "")
+
+
+def _page_html() -> bytes:
+    return (importlib.resources.files("sollol_core.gateway") / "static"
+            / "dashboard.html").read_bytes()
+
+
+async def _page(request: web.Request) -> web.Response:
+    response = web.Response(body=_page_html(), content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+    given = request.query.get("key", "")
+    keys = request.app[ROUTER].settings.gateway.api_keys
+    if given and any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+        response.set_cookie(COOKIE, given, path=PREFIX, httponly=True, samesite="Strict",
+                            secure=request.secure)
+    return response
+
+
+async def _state(request: web.Request) -> web.Response:
+    return web.json_response(state_of(request.app[ROUTER], request.app[HUB].observatory))
+
+
+async def _events(request: web.Request) -> web.StreamResponse:
+    hub, router = request.app[HUB], request.app[ROUTER]
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    hub.streams += 1
+    try:
+        await response.write(b"retry: 2000\n\n")
+        while not hub.stopping.is_set():
+            seen = hub.generation
+            data = json.dumps(state_of(router, hub.observatory), separators=(",", ":"))
+            await response.write(f"event: state\ndata: {data}\n\n".encode())
+            sent = time.monotonic()
+            await hub.next_change(seen, PERIOD_S)
+            gap = MIN_GAP_S - (time.monotonic() - sent)
+            if gap > 0 and not hub.stopping.is_set():
+                await asyncio.sleep(gap)  # at most one state per MIN_GAP_S under load
+    except ConnectionError:
+        pass  # the browser left (a cancelled handler ends through the finally clause)
+    finally:
+        hub.streams -= 1
+    return response
+
+
+# -- the state -------------------------------------------------------------------------------
+
+
+def state_of(router: Router, observatory: Observatory) -> dict[str, Any]:
+    """Everything the page shows, as JSON values."""
+    fleet = router.fleet.snapshot()
+    circuits = {c.node: c for c in router.breakers.snapshots()}
+    status = router.plugins.status()
+    nodes = [_node(n, fleet, circuits.get(n.endpoint.key)) for n in fleet.nodes]
+    node_keys = {n.endpoint.key for n in fleet.nodes}
+    return {
+        "now": time.time(),
+        "version": core_version(),
+        "queued": len(router.queue),
+        "nodes": sorted(nodes, key=lambda n: (n["role"], n["key"])),
+        "machines": [_machine(t) for t in sorted(fleet.telemetry, key=lambda t: t.host)],
+        "circuits": [_circuit(c) for k, c in circuits.items() if k not in node_keys],
+        "coordinators": _coordinators(status, observatory),
+        "decisions": observatory.recent(),
+        "series": observatory.series(),
+        "totals": dict(observatory.totals),
+        "rate_per_s": observatory.rate(),
+    }
+
+
+def _node(node: NodeSnapshot, fleet: FleetSnapshot,
+          circuit: CircuitSnapshot | None) -> dict[str, Any]:
+    machine = fleet.telemetry_for(node.endpoint.host)
+    devices = [{"name": d.name, "total_bytes": d.total_bytes, "free_bytes": d.free_bytes,
+                "source": "probe"} for d in node.devices]
+    if not devices and machine is not None:
+        devices = [{"name": d.name, "total_bytes": d.memory_total_bytes,
+                    "free_bytes": d.memory_free_bytes, "source": machine.source}
+                   for d in machine.devices if d.memory_total_bytes]
+    return {
+        "key": node.endpoint.key, "kind": node.endpoint.kind, "address": node.endpoint.address,
+        "role": node.role.value, "health": node.health.value, "detail": node.detail,
+        "version": node.version, "latency_ms": node.latency_ms, "in_flight": node.in_flight,
+        "parallel": node.parallel, "free_bytes": fleet.free_bytes_of(node),
+        "devices": devices,
+        "models": [{"name": m.name, "loaded": m.loaded, "vram_bytes": m.vram_bytes}
+                   for m in node.models],
+        "circuit": _circuit(circuit) if circuit else {"node": node.endpoint.key,
+                                                       "state": "closed", "failure_ratio": 0.0},
+    }
+
+
+def _machine(t: Telemetry) -> dict[str, Any]:
+    return {
+        "host": t.host, "source": t.source, "cpu_percent": t.cpu_percent, "load_1m": t.load_1m,
+        "ram_total_bytes": t.ram_total_bytes, "ram_free_bytes": t.ram_free_bytes,
+        "devices": [{"name": d.name, "kind": d.kind, "total_bytes": d.memory_total_bytes,
+                     "free_bytes": d.memory_free_bytes, "utilisation_pct": d.utilisation_pct,
+                     "temperature_c": d.temperature_c} for d in t.devices],
+    }
+
+
+def _circuit(c: CircuitSnapshot) -> dict[str, Any]:
+    return {"node": c.node, "state": c.state.value, "failure_ratio": c.failure_ratio}
+
+
+def _coordinators(status: dict[str, Any], observatory: Observatory) -> list[dict[str, Any]]:
+    """The plugins' ``coordinators`` section, each with the layers its workers hold (from the
+    latest shard plan of its model, when it had layer counts); malformed entries are skipped."""
+    raw = status.get("coordinators")
+    found: list[dict[str, Any]] = []
+    for c in raw if isinstance(raw, list | tuple) else ():
+        if not isinstance(c, dict):
+            continue
+        model = str(c.get("model", ""))
+        workers = [str(w) for w in c.get("workers") or () if isinstance(w, str)]
+        split = c.get("tensor_split")
+        shares = [float(s) for s in split if isinstance(s, int | float)] if isinstance(
+            split, list | tuple) else []
+        found.append({"model": model, "url": str(c.get("url", "")),
+                      "alive": bool(c.get("alive", True)),
+                      "workers": _layers(workers, shares, observatory.plans.get(
+                          model_key(model)) if model else None)})
+    return found
+
+
+def _layers(workers: Sequence[str], shares: Sequence[float],
+            plan: Sequence[tuple[str, int | None]] | None) -> list[dict[str, Any]]:
+    """Each worker with its share and, where the plan counted them, its layer range."""
+    counts = dict(plan or ())
+    rows: list[dict[str, Any]] = []
+    first: int | None = 0
+    for index, worker in enumerate(workers):
+        count = counts.get(worker)
+        row: dict[str, Any] = {"worker": worker,
+                               "share": shares[index] if index < len(shares) else None,
+                               "layers": count, "first_layer": None, "last_layer": None}
+        if count is not None and first is not None:
+            row["first_layer"], row["last_layer"] = first, first + count - 1
+            first += count
+        else:
+            first = None  # the ranges after an unknown count are unknown too
+        rows.append(row)
+    return rows
