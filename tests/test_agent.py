@@ -187,6 +187,19 @@ def test_agent_refuses_a_non_loopback_address_without_flag_and_token(
     assert result.stdout == ""
 
 
+def test_a_remote_address_with_flag_and_token_starts_with_a_warning() -> None:
+    from sollol_core.agent.serve import UnsafeAddress, check_address
+
+    assert check_address(agent_settings(**{"agent.host": "::1"})) == []
+    (warning,) = check_address(agent_settings(**{
+        "agent.host": "192.0.2.10", "agent.allow_remote": True,
+        "discovery.agent_token": TOKEN}))
+    assert warning.startswith("warning:") and "192.0.2.10" in warning
+    with pytest.raises(UnsafeAddress, match="--allow-remote"):
+        check_address(agent_settings(**{"agent.host": "0.0.0.0",
+                                        "discovery.agent_token": TOKEN}))
+
+
 # -- a router that uses agents -----------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from aiohttp import web
 from attrs import define, evolve, field
 
 from sollol_core.config import Settings
@@ -36,6 +37,7 @@ from sollol_core.types import (
     model_key,
 )
 from sollol_llamacpp import calibration, catalogue, server_http
+from sollol_llamacpp.agent_workers import AgentWorkers, add_agent_routes
 from sollol_llamacpp.binaries import Binaries, require_binaries
 from sollol_llamacpp.calibration import Calibration
 from sollol_llamacpp.coordinator import Coordinators
@@ -65,6 +67,8 @@ class State:
     coordinators: Coordinators | None = None
     pool: WorkerPool | None = None
     binaries: Binaries | None = None
+    #: Workers this router keeps on agents (``[llamacpp] agent_workers``).
+    agent_workers: AgentWorkers = field(factory=AgentWorkers)
 
     def find_binaries(self) -> Binaries:
         if self.binaries is None:
@@ -110,6 +114,7 @@ async def _running(settings: Settings) -> AsyncIterator[None]:
             if _state.pool is not None:
                 await _state.pool.stop()
                 _state.pool = None
+            await _state.agent_workers.release(settings, _state.sessions)
 
 
 @hookimpl
@@ -124,6 +129,7 @@ def sollol_discover(settings: Settings) -> Awaitable[Sequence[Endpoint]]:
                   for a in settings.discovery.llamacpp_servers]
         if _state.pool is not None:
             found += [w.endpoint for w in _state.pool.workers]
+        found += await _state.agent_workers.ensure(settings, _state.sessions)
         if settings.discovery.subnets:
             found += await _sweeper.sweep(settings.discovery.subnets,
                                           settings.discovery.timeout_s)
@@ -348,6 +354,12 @@ def sollol_status() -> Mapping[str, Any]:
                    for c in _state.calibration.by_model.values()]
     return {"coordinators": running, "local_rpc_workers": local,
             "shardable_models": sorted(_state.models), "corrections": corrections}
+
+
+@hookimpl
+def sollol_agent_app(app: web.Application, settings: Settings) -> None:
+    """``sollol agent`` on this machine starts and stops RPC workers when a router asks."""
+    add_agent_routes(app, settings)
 
 
 @hookimpl

@@ -92,13 +92,16 @@ class WorkerPool:
             await child.stop()
             raise WorkerError(f"RPC worker on {host}:{port} did not start ({exc}); "
                               f"log: {child.log_path}\n{child.log_tail()}") from None
+        except BaseException:  # cancelled while it starts (its owner stops): no orphan
+            await child.stop()
+            raise
         return LocalWorker(host, port, child, restarts)
 
     async def _supervise(self) -> None:
         """Restart workers that die; with back-off so a worker that cannot start does not spin."""
         while not self._stopping:
             await asyncio.sleep(0.5)
-            for index, worker in enumerate(list(self.workers)):
+            for worker in list(self.workers):
                 if worker.child.alive or self._stopping:
                     continue
                 await worker.child.stop()  # reap it
@@ -109,12 +112,35 @@ class WorkerPool:
                 await asyncio.sleep(delay)
                 if self._stopping:
                     return
+                if not self._holds(worker):
+                    continue  # stopped on purpose (stop_worker) while we waited
                 try:
-                    self.workers[index] = await self._launch(
+                    restarted = await self._launch(
                         worker.host, worker.port, None, worker.restarts + 1)
                 except WorkerError as exc:
                     log.error("%s", exc)
                     worker.restarts += 1
+                    continue
+                if self._holds(worker) and not self._stopping:
+                    self.workers[self._index(worker)] = restarted
+                else:
+                    await restarted.child.stop()
+
+    def _holds(self, worker: LocalWorker) -> bool:
+        return any(w is worker for w in self.workers)
+
+    def _index(self, worker: LocalWorker) -> int:
+        return next(i for i, w in enumerate(self.workers) if w is worker)
+
+    async def stop_worker(self, port: int, host: str | None = None) -> bool:
+        """Stop the worker on ``port`` (and ``host``, if given); False if there is none."""
+        worker = next((w for w in self.workers
+                       if w.port == port and (host is None or w.host == host)), None)
+        if worker is None:
+            return False
+        self.workers.remove(worker)
+        await worker.child.stop()
+        return True
 
     async def stop(self) -> None:
         """Stop every worker and the supervisor; nothing is left running."""
