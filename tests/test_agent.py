@@ -263,6 +263,7 @@ async def test_placement_sees_the_agents_telemetry_for_nodes_on_its_host(
         assert down["ok"] is False and "does not answer" in down["detail"]
     finally:
         await router.stop()
+    assert "agents" not in plugins.status()  # a stopped router's agents are not reported
 
 
 async def test_a_wrong_token_is_reported_not_fatal(fixed_agent: int) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
@@ -43,7 +43,18 @@ _seen: dict[str, Seen] = {}
 
 @hookimpl
 def sollol_lifespan(settings: Settings) -> contextlib.AbstractAsyncContextManager[None] | None:
-    return _sessions.hold() if settings.discovery.agents else None
+    return _running(settings) if settings.discovery.agents else None
+
+
+@contextlib.asynccontextmanager
+async def _running(settings: Settings) -> AsyncIterator[None]:
+    """Pooled connections to the agents while a router runs; their status goes with it."""
+    try:
+        async with _sessions.hold():
+            yield
+    finally:
+        for agent in agent_endpoints(settings):
+            _seen.pop(agent.address, None)
 
 
 @hookimpl
