@@ -72,6 +72,11 @@ def _networks(_: Any, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[
             ) from None
 
 
+def _fraction(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 <= value < 1:
+        raise InvalidSetting(attribute.name, f"expected a fraction from 0 to below 1, got {value}")
+
+
 def _one_of(*allowed: str) -> Any:
     def check(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
         if value not in allowed:
@@ -184,6 +189,9 @@ class LlamacppSettings:
     distributed_threshold_params: float | None = None
     #: How layers are split: in proportion to free memory, or evenly.
     layer_strategy: str = field(default="memory_aware", validator=_one_of("memory_aware", "even"))
+    #: Room kept free when deciding that a model fits a node whole (0.1: it needs 110 % of its
+    #: estimate free on that node); nodes whose free memory nobody measured are trusted.
+    memory_margin: float = field(default=0.1, validator=_fraction)
 
 
 @frozen

@@ -58,7 +58,7 @@ def test_discover_prints_the_fleet_as_json_and_as_a_table() -> None:
     result = run("discover", "--json")
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
-    assert set(body) == {"nodes", "telemetry", "performance", "taken_at"}
+    assert set(body) == {"nodes", "telemetry", "performance", "taken_at", "local_host"}
     human = run("discover", env={"SOLLOL_LOAD_PLUGINS": ""})
     assert human.returncode == 0
     assert "No nodes found" in human.stdout

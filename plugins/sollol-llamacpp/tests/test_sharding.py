@@ -56,10 +56,8 @@ async def router(workers: list[str], models: dict[str, Path], **env: str) -> Asy
     await wait_free(workers)
     r = Router.create(settings(workers, models, **env))
     await r.start()
-    for _ in range(600):  # what each model needs is read from its GGUF in the background
-        if all(model_key(m) in _state.footprints for m in models):
-            break
-        await asyncio.sleep(0.05)
+    # what each model needs was read from its GGUF's header during the first discovery
+    assert all(model_key(m) in _state.footprints for m in models)
     try:
         yield r
     finally:
@@ -278,6 +276,30 @@ async def test_the_python_api_starts_workers_and_shards_a_model_from_the_ollama_
     import psutil
     assert not [p for p in pids if psutil.pid_exists(p)
                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_hybrid_router_gguf_path_serves_a_model_the_store_does_not_have(
+        gemma: Path, shared_workers: list[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed's usage: one GGUF for the distributed model, whatever the model is called."""
+    from sollol_core import HybridRouter, OllamaPool
+    from sollol_core.config import PluginSettings
+    from sollol_core.plugins import Plugins
+
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "empty-store"))
+    await wait_free(shared_workers[:2])
+    with pytest.raises(FileNotFoundError, match="gguf_path: no such file"):
+        HybridRouter(enable_distributed=True, gguf_path=tmp_path / "missing.gguf")
+    pool = OllamaPool(plugins=Plugins.load(PluginSettings(load=("llamacpp",))))
+    async with HybridRouter(pool, enable_distributed=True, rpc_backends=[
+            {"host": a.split(":")[0], "port": int(a.split(":")[1])} for a in shared_workers[:2]],
+            gguf_path=gemma) as hybrid:
+        assert await hybrid.should_use_distributed("team/tiny-gemma:latest")
+        reply = await hybrid.route_request(
+            "team/tiny-gemma:latest", [{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert reply["_routing"]["backend"] == "sharded"
+    assert "no healthy node holds it whole" in reply["_routing"]["reason"]
+    assert reply["done"] and reply["model"] == "team/tiny-gemma:latest"
 
 
 async def test_a_sharded_coordinator_chats_and_refuses_embeddings_clearly(

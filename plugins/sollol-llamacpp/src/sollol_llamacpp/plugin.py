@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
@@ -51,6 +52,7 @@ from sollol_llamacpp.workers import WorkerPool
 log = logging.getLogger(__name__)
 
 SERVER_KIND = "llamacpp"
+GIB = 2**30
 POLICY = "llamacpp-shard"
 
 
@@ -63,7 +65,8 @@ class State:
     models: dict[str, Path] = field(factory=dict)
     footprints: dict[str, ModelFootprint] = field(factory=dict)
     calibration: Calibration = field(factory=Calibration)
-    reader: asyncio.Task[None] | None = None
+    #: Models whose GGUF could not be read: why, for the placement's refusal.
+    unreadable: dict[str, str] = field(factory=dict)
     coordinators: Coordinators | None = None
     pool: WorkerPool | None = None
     binaries: Binaries | None = None
@@ -104,12 +107,10 @@ async def _running(settings: Settings) -> AsyncIterator[None]:
                 _state.coordinators.watch(settings.llamacpp.idle_unload_s))
             yield
         finally:
-            for task in (watcher, _state.reader):
-                if task is not None and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            _state.reader = None
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             await _state.coordinators.stop()
             if _state.pool is not None:
                 await _state.pool.stop()
@@ -121,8 +122,7 @@ async def _running(settings: Settings) -> AsyncIterator[None]:
 def sollol_discover(settings: Settings) -> Awaitable[Sequence[Endpoint]]:
     async def discover() -> Sequence[Endpoint]:
         _state.settings = settings
-        _state.models = await asyncio.to_thread(catalogue.shardable, settings)
-        _read_footprints_in_background()
+        _state.models = await asyncio.to_thread(_catalogue_with_footprints, settings)
         found = [Endpoint.parse(RPC_KIND, a, default_port=50052)
                  for a in settings.discovery.rpc_backends]
         found += [Endpoint.parse(SERVER_KIND, a, default_port=8080)
@@ -165,21 +165,20 @@ def sollol_probe(endpoint: Endpoint, settings: Settings) -> Awaitable[NodeSnapsh
     return probe_worker()
 
 
-def _read_footprints_in_background() -> None:
-    """Read what each new model needs from its GGUF, without holding up discovery (a large
-    vocabulary takes seconds to parse); until then such a model is planned by file size."""
-    missing = {model_key(n): p for n, p in _state.models.items()
-               if model_key(n) not in _state.footprints}
-    if missing and (_state.reader is None or _state.reader.done()):
-        _state.reader = asyncio.get_running_loop().create_task(_read_footprints(missing))
-
-
-async def _read_footprints(models: dict[str, Path]) -> None:
-    for key, path in models.items():
+def _catalogue_with_footprints(settings: Settings) -> dict[str, Path]:
+    """The shardable models, and what each needs from its GGUF's header (cached per file)."""
+    models = catalogue.shardable(settings)
+    for name, path in models.items():
+        key = model_key(name)
+        if key in _state.footprints:
+            continue
         try:
-            _state.footprints[key] = await asyncio.to_thread(read_footprint, path)
-        except Exception as exc:  # an unreadable GGUF is planned by file size instead
-            log.warning("cannot read the GGUF %s: %s", path, exc)
+            _state.footprints[key] = read_footprint(path)
+        except Exception as exc:  # llama.cpp could not load it either: refused at placement
+            if key not in _state.unreadable:
+                log.warning("cannot read the GGUF %s: %s", path, exc)
+            _state.unreadable[key] = f"cannot read {path}: {exc}"
+    return models
 
 
 def _holder_of(endpoint: Endpoint) -> str | None:
@@ -199,27 +198,41 @@ def _holder_of(endpoint: Endpoint) -> str | None:
 @hookimpl
 def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
     """Shard when forced (by name, or by ``distributed_threshold_params``), or when no healthy
-    node holds the model whole; embeddings stay on whole-model nodes; else defer."""
+    node that holds the model has the memory to run it whole; embeddings stay on whole-model
+    nodes; else defer to the next policy."""
     model = request.model
-    options = _state.settings.llamacpp
-    footprint = _state.footprints.get(model_key(model))
-    whole = any(n.holds(model) for n in fleet.healthy(Role.NODE))
-    if whole and request.operation in (Operation.EMBED, Operation.EMBEDDINGS):
+    key = model_key(model)
+    workers = [n for n in fleet.nodes if n.role is Role.WORKER and n.holds_key(key)
+               and (n.health is Health.UP or (n.health is Health.BUSY and n.has_loaded(model)))]
+    if not workers:  # nothing to shard over: the common case of a fleet of whole-model nodes
         return None
-    forced = any(model_key(model) == model_key(m) for m in options.shard)
+    options = _state.settings.llamacpp
+    footprint = _state.footprints.get(key)
+    holders = [n for n in fleet.healthy(Role.NODE) if n.holds_key(key)]
+    if holders and request.operation in (Operation.EMBED, Operation.EMBEDDINGS):
+        return None
+    forced = any(key == model_key(m) for m in options.shard)
     threshold = options.distributed_threshold_params
     big = bool(threshold and footprint and footprint.parameter_count >= threshold)
-    if whole and not forced and not big:
-        return None
-    workers = [n for n in fleet.nodes if n.role is Role.WORKER and n.holds(model)
-               and (n.health is Health.UP or (n.health is Health.BUSY and n.has_loaded(model)))]
-    if not workers:
-        return None
+    whole_bytes = _whole_bytes(model, footprint, holders)
+    wanted = whole_bytes * (1 + options.memory_margin)
+    room: list[int] = []
+    for holder in holders:  # the first that can run it whole ends the search
+        free = fleet.free_bytes_of(holder)
+        if holder.has_loaded(model) or free is None or free >= wanted:
+            if not forced and not big:
+                return None
+            break
+        room.append(free)
     if forced:
         why = "forced by [llamacpp] shard"
     elif big and footprint is not None and threshold is not None:
         why = (f"{footprint.parameter_count / 1e9:.2f}B parameters is over the "
                f"distributed_threshold_params of {threshold / 1e9:.2f}B")
+    elif holders:
+        largest = max(room)
+        why = (f"needs {whole_bytes / GIB:.2f} GiB (+{options.memory_margin:.0%} margin) whole; "
+               f"largest node holding it has {largest / GIB:.2f} GiB free")
     else:
         why = "no healthy node holds it whole"
     # A coordinator already serving this model keeps its workers: reuse beats reload.
@@ -228,45 +241,40 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | 
         plan = ShardPlan(workers=tuple(n.endpoint for n in serving), tensor_split=())
         return Decision.sharded(request, plan, policy=POLICY, reason=(
             f"{why}; reusing its coordinator on {len(serving)} RPC workers"))
+    if footprint is None:
+        unreadable = _state.unreadable.get(key, "its GGUF has not been read yet")
+        return Decision.refuse(request, policy=POLICY, reason=f"{why}, but {unreadable}")
     claimed = _state.coordinators.claimed(besides=model) if _state.coordinators else set()
-    free = [n for n in workers if n.health is Health.UP and n.endpoint.key not in claimed]
-    if footprint is None:  # no GGUF metadata: the fewest workers by file size, llama.cpp's split
-        chosen = sorted(_fewest(free, model), key=lambda n: n.endpoint.key)
-        if not chosen:
-            return None
-        plan = ShardPlan(workers=tuple(n.endpoint for n in chosen), tensor_split=())
-        return Decision.sharded(request, plan, policy=POLICY, reason=(
-            f"{why}; split by llama.cpp over {len(chosen)} RPC workers"))
+    available = [n for n in workers if n.health is Health.UP and n.endpoint.key not in claimed]
     needs = _needs(model, footprint)
     try:
-        plan = plan_shards(needs, [WorkerCapacity.of(n) for n in free],
+        plan = plan_shards(needs, [WorkerCapacity.of(n) for n in available],
                            strategy=options.layer_strategy,  # type: ignore[arg-type]
                            min_workers=options.min_shard_workers)
     except NoPlanFits as exc:
         return Decision.refuse(request, policy=POLICY, reason=f"{why}, but {exc}")
     layers = "/".join(str(count) for count in plan.layers)
-    largest = max((n.free_bytes for n in fleet.healthy(Role.NODE) if n.devices), default=None)
-    room = f"; largest node has {largest / 2**30:.1f} GiB free" if largest is not None else ""
     return Decision.sharded(request, plan, policy=POLICY, reason=(
-        f"{why}; needs {needs.total_bytes / 2**30:.2f} GiB{room}; sharded over "
+        f"{why}; needs {needs.total_bytes / GIB:.2f} GiB on the workers; sharded over "
         f"{len(plan.workers)} RPC workers ({options.layer_strategy}, layers {layers})"))
 
 
-def _fewest(free: list[NodeSnapshot], model: str) -> list[NodeSnapshot]:
-    """The fewest free workers (most memory first) whose memory holds the weights with room to
-    spare, but at least ``min_shard_workers`` when there are that many. The memory-aware planner
-    of the [placement] work replaces this rough rule."""
-    size = next((m.size_bytes for n in free for m in n.models if model_key(m.name)
-                 == model_key(model)), 0)
-    need = int(size * 1.2)
-    ranked = sorted(free, key=lambda n: (-n.free_bytes, n.endpoint.key))
-    least = min(_state.settings.llamacpp.min_shard_workers, len(ranked))
-    chosen: list[NodeSnapshot] = []
-    for node in ranked:
-        chosen.append(node)
-        if len(chosen) >= least and sum(n.free_bytes for n in chosen) >= need:
-            return chosen
-    return []
+@functools.lru_cache(maxsize=64)
+def _total_bytes(footprint: ModelFootprint, context: int, parallel: int) -> int:
+    return footprint.total_bytes(context, parallel)
+
+
+def _whole_bytes(model: str, footprint: ModelFootprint | None,
+                 holders: Sequence[NodeSnapshot]) -> int:
+    """What one process needs to run ``model`` whole: the estimate from its GGUF where known,
+    else its size on a node plus a fifth for the KV cache and buffers."""
+    options = _state.settings.llamacpp
+    if footprint is not None:
+        return _total_bytes(footprint, options.context_size, options.parallel)
+    key = model_key(model)
+    size = max((m.size_bytes for n in holders for m in n.models if model_key(m.name) == key),
+               default=0)
+    return int(size * 1.2)
 
 
 def _needs(model: str, footprint: ModelFootprint) -> ModelNeeds:

@@ -1,0 +1,136 @@
+"""The hybrid decision: whole on a node whose measured free memory holds the model, else sharded
+over RPC workers; through the real plugin manager (llamacpp policy, then the built-in one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from attrs import evolve
+from sollol_llamacpp import plugin
+from sollol_llamacpp.estimate import footprint_from_profile
+from sollol_llamacpp.workers import KIND as RPC_KIND
+
+from sollol_core.config import PluginSettings, Settings
+from sollol_core.plugins import Plugins
+from sollol_core.testing import node
+from sollol_core.types import (
+    Decision,
+    DeviceTelemetry,
+    FleetSnapshot,
+    InferenceRequest,
+    NodeSnapshot,
+    Role,
+    Telemetry,
+    model_key,
+)
+
+GIB = 2**30
+MODEL = "llama3.1:8b"
+
+
+@pytest.fixture
+def policy() -> Iterator[Plugins]:
+    """The llamacpp policy with Llama 3.1 8B's footprint known, as if read from its GGUF."""
+    saved = (plugin._state.settings, dict(plugin._state.footprints),
+             dict(plugin._state.unreadable))
+    plugin._state.settings = Settings.load(environ={})
+    plugin._state.footprints[model_key(MODEL)] = footprint_from_profile(MODEL)
+    yield Plugins.load(PluginSettings(load=("llamacpp",)))
+    plugin._state.settings, footprints, unreadable = saved
+    plugin._state.footprints.clear()
+    plugin._state.footprints.update(footprints)
+    plugin._state.unreadable.clear()
+    plugin._state.unreadable.update(unreadable)
+
+
+def needs_whole() -> float:
+    options = plugin._state.settings.llamacpp
+    return footprint_from_profile(MODEL).total_bytes(options.context_size, options.parallel) / GIB
+
+
+def ollama_node(host: str, *, loaded: bool = False) -> NodeSnapshot:
+    """An Ollama node that has the model on disk; its probe measures no memory."""
+    return evolve(node(host, models=[MODEL], loaded=[MODEL] if loaded else []), devices=())
+
+
+def workers(count: int = 3, free_gib: float = 8.0) -> tuple[NodeSnapshot, ...]:
+    return tuple(node(f"10.0.1.{i}", role=Role.WORKER, models=[MODEL], free_gib=free_gib,
+                      kind=RPC_KIND, port=50052) for i in range(count))
+
+
+def gpu_box(host: str, free_gib: float) -> Telemetry:
+    """What an agent on ``host`` reports: one GPU with ``free_gib`` free."""
+    return Telemetry(host=host, source="agent", taken_at=0.0, ram_free_bytes=64 * GIB,
+                     devices=(DeviceTelemetry(0, "GPU", memory_total_bytes=24 * GIB,
+                                              memory_free_bytes=int(free_gib * GIB)),))
+
+
+def place(plugins: Plugins, fleet: FleetSnapshot, *, embed: bool = False) -> Decision:
+    request = (InferenceRequest.embed(MODEL, "x") if embed
+               else InferenceRequest.chat(MODEL, [{"role": "user", "content": "hi"}]))
+    decision = plugins.place(request, fleet)
+    assert decision is not None
+    return decision
+
+
+def test_a_node_with_enough_measured_free_memory_runs_the_model_whole(policy: Plugins) -> None:
+    fleet = FleetSnapshot(nodes=(ollama_node("10.0.0.5"), *workers()),
+                          telemetry=(gpu_box("10.0.0.5", needs_whole() * 1.2),))
+    decision = place(policy, fleet)
+    assert decision.target is not None and decision.target.host == "10.0.0.5"
+    assert decision.policy == "default"
+
+
+def test_too_little_free_memory_on_every_holder_shards_with_the_numbers(policy: Plugins) -> None:
+    fleet = FleetSnapshot(nodes=(ollama_node("10.0.0.5"), ollama_node("10.0.0.6"), *workers()),
+                          telemetry=(gpu_box("10.0.0.5", 3.5), gpu_box("10.0.0.6", 2.0)))
+    decision = place(policy, fleet)
+    assert decision.plan is not None and len(decision.plan.workers) >= 2
+    assert decision.policy == "llamacpp-shard"
+    assert f"needs {needs_whole():.2f} GiB (+10% margin) whole" in decision.reason
+    assert "largest node holding it has 3.50 GiB free" in decision.reason
+    assert f"sharded over {len(decision.plan.workers)} RPC workers (memory_aware" in decision.reason
+
+
+def test_the_safety_margin_counts(policy: Plugins) -> None:
+    just_enough = FleetSnapshot(nodes=(ollama_node("10.0.0.5"), *workers()),
+                                telemetry=(gpu_box("10.0.0.5", needs_whole() * 1.05),))
+    assert place(policy, just_enough).plan is not None  # fits, but not with 10 % to spare
+    plugin._state.settings = evolve(plugin._state.settings, llamacpp=evolve(
+        plugin._state.settings.llamacpp, memory_margin=0.0))
+    assert place(policy, just_enough).target is not None
+
+
+def test_a_node_with_the_model_loaded_or_unmeasured_memory_keeps_it_whole(
+        policy: Plugins) -> None:
+    loaded = FleetSnapshot(nodes=(ollama_node("10.0.0.5", loaded=True), *workers()),
+                           telemetry=(gpu_box("10.0.0.5", 0.5),))
+    assert place(policy, loaded).target is not None
+    unmeasured = FleetSnapshot(nodes=(ollama_node("10.0.0.7"), *workers()))
+    assert place(policy, unmeasured).target is not None
+
+
+def test_embeddings_stay_on_whole_model_nodes(policy: Plugins) -> None:
+    fleet = FleetSnapshot(nodes=(ollama_node("10.0.0.5"), *workers()),
+                          telemetry=(gpu_box("10.0.0.5", 1.0),))
+    assert place(policy, fleet, embed=True).target is not None
+
+
+def test_too_little_memory_everywhere_is_refused_saying_how_much_is_missing(
+        policy: Plugins) -> None:
+    fleet = FleetSnapshot(nodes=(ollama_node("10.0.0.5"), *workers(2, free_gib=1.0)),
+                          telemetry=(gpu_box("10.0.0.5", 1.0),))
+    decision = place(policy, fleet)
+    assert not decision.placed
+    assert "largest node holding it has 1.00 GiB free, but" in decision.reason
+    assert "GiB" in decision.reason.split(", but", 1)[1]
+
+
+def test_an_unreadable_gguf_is_refused_with_the_reason(policy: Plugins) -> None:
+    plugin._state.footprints.pop(model_key(MODEL))
+    plugin._state.unreadable[model_key(MODEL)] = "cannot read /m.gguf: not a GGUF file"
+    decision = place(policy, FleetSnapshot(nodes=workers()))
+    assert not decision.placed
+    assert decision.reason == ("no healthy node holds it whole, but "
+                               "cannot read /m.gguf: not a GGUF file")
