@@ -44,7 +44,11 @@ class Child:
             log.flush()
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=_die_with_parent)
+                preexec_fn=_die_with_parent,
+                # Keep Python's SIG_IGN for SIGPIPE: rpc-server writes to a peer that may have
+                # hung up (a coordinator killed mid-answer) and would die of it; ignored, the
+                # write fails, the worker drops that connection and keeps serving.
+                restore_signals=False)
         return cls(process, log_path)
 
     @property

@@ -50,7 +50,8 @@ def rpc_workers(binaries: Binaries, count: int, log_dir: Path) -> Iterator[list[
             log = (log_dir / f"worker-{index}.log").open("wb")
             processes.append(subprocess.Popen(
                 [str(binaries.rpc_server), "-H", "127.0.0.1", "-p", str(port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                restore_signals=False))  # SIGPIPE stays ignored, as for SOLLOL's own workers
             addresses.append(f"127.0.0.1:{port}")
         for address, process in zip(addresses, processes, strict=True):
             _wait_listening(address, process)
