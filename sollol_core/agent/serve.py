@@ -7,15 +7,12 @@ otherwise: another address needs ``allow_remote`` (``--allow-remote``) and a tok
 from __future__ import annotations
 
 import asyncio
-import errno
-import signal
 from collections.abc import Callable
-
-from aiohttp import web
 
 from sollol_core.agent.app import create_agent_app
 from sollol_core.config import Settings
 from sollol_core.errors import SollolError
+from sollol_core.listening import serve_until_signalled
 from sollol_core.plugins import Plugins
 from sollol_core.types import is_loopback
 
@@ -27,10 +24,6 @@ REMOTE_WARNING = (
 
 class UnsafeAddress(SollolError):
     """The agent would listen beyond loopback without the choice or the token that needs."""
-
-
-class AgentPortInUse(SollolError):
-    pass
 
 
 def check_address(settings: Settings) -> list[str]:
@@ -58,31 +51,10 @@ def run(plugins: Plugins, settings: Settings, *, ready: Callable[[str], None] = 
 async def serve(plugins: Plugins, settings: Settings, *, ready: Callable[[str], None] = print,
                 warnings: list[str] | None = None) -> None:
     agent = settings.agent
-    app = create_agent_app(plugins, settings, token=settings.discovery.agent_token)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # before anything starts: a signal cleans up
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await runner.setup()
-        site = web.TCPSite(runner, agent.host, agent.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise AgentPortInUse(
-                    f"port {agent.port} on {agent.host} is already in use; stop what holds it "
-                    "or pick another with --port") from None
-            raise SollolError(f"cannot listen on {agent.host}:{agent.port}: {exc}") from None
-        host = f"[{agent.host}]" if ":" in agent.host else agent.host
-        ready(f"SOLLOL agent on http://{host}:{agent.port} (Ctrl-C to stop)")
-        for line in warnings or ():
-            ready(line)
-        if not settings.discovery.agent_token:
-            ready("note: no agent token: any local process may use this agent")
-        await stop.wait()
-    finally:
-        await runner.cleanup()  # plugins' cleanup_ctx: their workers stop here
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    notes = list(warnings or ())
+    if not settings.discovery.agent_token:
+        notes.append("note: no agent token: any local process may use this agent")
+    # the app's cleanup_ctx stops the plugins' workers on the way out
+    await serve_until_signalled(
+        create_agent_app(plugins, settings, token=settings.discovery.agent_token),
+        agent.host, agent.port, name="SOLLOL agent", notes=notes, ready=ready)
