@@ -64,8 +64,9 @@ def explain(node: NodeSnapshot, model: str, fleet: FleetSnapshot) -> str:
             parts.append(f"{seen.tokens_per_s:.0f} tok/s")
     else:
         parts.append(f"{node.latency_ms or 0.0:.1f} ms probe")
-    if node.total_bytes:
-        parts.append(f"{node.free_bytes / 2**30:.1f} GiB free")
+    free = fleet.free_bytes_of(node)  # the probe's devices, else the machine's telemetry
+    if free is not None:
+        parts.append(f"{free / 2**30:.1f} GiB free")
     return ", ".join(parts)
 
 
