@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,21 @@ from typing import Any
 
 def environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
+            "cpu_count": os.cpu_count(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "python_loop_ms": python_loop_ms()}
+
+
+def python_loop_ms() -> float:
+    """Milliseconds for one million turns of a plain Python loop (best of 5): the machine's speed
+    for interpreted code at the time, so that runs on a busy or slower host can be compared."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 1)
 
 
 def percentile(samples: Sequence[float], q: int) -> float:

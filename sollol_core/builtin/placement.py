@@ -54,10 +54,10 @@ def score(node: NodeSnapshot, loaded: bool, seen: Performance | None) -> float:
     return value
 
 
-def explain(node: NodeSnapshot, model: str, fleet: FleetSnapshot) -> str:
-    parts = [f"{node.in_flight}/{node.parallel} busy",
-             "loaded" if node.has_loaded(model) else "not loaded"]
-    seen = fleet.performance_of(node.endpoint.key, model)
+def explain(node: NodeSnapshot, loaded: bool, seen: Performance | None,
+            fleet: FleetSnapshot) -> str:
+    """The candidate's note: what its score was made of, in words and numbers."""
+    parts = [f"{node.in_flight}/{node.parallel} busy", "loaded" if loaded else "not loaded"]
     if seen is not None:
         parts.append(f"{seen.latency_ms:.0f} ms avg")
         if seen.tokens_per_s:
@@ -77,8 +77,9 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision:
     seen = fleet.performance_by_node(model)
     up, role = Health.UP, Role.NODE
     healthy = 0
-    # (-score, endpoint key, node): tuples compare in C, and the key breaks ties deterministically
-    scored: list[tuple[float, str, NodeSnapshot]] = []
+    # (-score, endpoint key, node, loaded): tuples compare in C; the unique endpoint key breaks
+    # ties deterministically, so the node and the flag are never compared
+    scored: list[tuple[float, str, NodeSnapshot, bool]] = []
     for node in fleet.nodes:
         if node.health is up and node.role is role:
             healthy += 1
@@ -86,7 +87,7 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision:
             if loaded is not None:
                 endpoint = node.endpoint.key
                 scored.append((-score(node, loaded, seen.get(endpoint) if seen else None),
-                               endpoint, node))
+                               endpoint, node, loaded))
     if not scored:
         return Decision.refuse(
             request, policy=POLICY,
@@ -94,8 +95,10 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision:
                     f"({healthy} healthy of {len(fleet.nodes)} known)"))
     # Only the few best are explained; a full sort of a large fleet would cost more than scoring.
     best = heapq.nsmallest(KEPT_CANDIDATES, scored)
-    candidates = tuple(Candidate(n.endpoint, round(-value, 3), explain(n, model, fleet))
-                       for value, _, n in best)
+    candidates = tuple(
+        Candidate(n.endpoint, round(-value, 3),
+                  explain(n, loaded, seen.get(endpoint) if seen else None, fleet))
+        for value, endpoint, n, loaded in best)
     chosen = candidates[0]
     return Decision.whole(request, chosen.endpoint, policy=POLICY, candidates=candidates,
                           reason=f"best of {len(scored)} holding the model: {chosen.note}")
