@@ -43,6 +43,7 @@ def bench(session: nox.Session) -> None:
     """Benchmarks; figures go to benchmarks/results/ (compare with docs/benchmarks.md)."""
     install(session)
     session.run("python", "benchmarks/placement.py", *session.posargs)
+    session.run("python", "benchmarks/planner.py", *session.posargs)
     session.run("python", "benchmarks/gateway.py", *session.posargs)
     session.run("python", "benchmarks/llamacpp.py", *session.posargs)
 
