@@ -146,8 +146,9 @@ def sollol_on_decision(decision: Decision, request: InferenceRequest) -> Awaitab
     :param decision: the decision, with candidates, scores and reason.
     :param request: the request it places.
 
-    Called for every decision, before execution starts. Must be quick; return an awaitable for
-    slow work. An observer's failure is logged and never fails the request.
+    Called for every decision, before execution starts, in the request's context
+    (``contextvars``: a tracer's current span is the request's). Must be quick; return an
+    awaitable for slow work. An observer's failure is logged and never fails the request.
     """
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import struct
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
@@ -290,6 +291,21 @@ async def test_a_client_that_leaves_mid_stream_stops_the_backend(gateway: Gatewa
     await asyncio.wait_for(gateway.flaky.finished.wait(), 5)
     [record] = gateway.flaky.records
     assert not record.ok and "went away" in (record.error or "")
+
+
+async def test_a_client_that_leaves_an_ollama_stream_stops_the_backend_quietly(
+        gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    body = json.dumps({"model": "endless", "messages": HI, "stream": True})
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(f"{gateway.url}/api/chat", data=body)
+        assert json.loads(await resp.content.readline())["done"] is False
+        resp.close()
+    await asyncio.wait_for(gateway.flaky.closed.wait(), 5)
+    await asyncio.wait_for(gateway.flaky.finished.wait(), 5)
+    [record] = gateway.flaky.records
+    assert not record.ok
+    # aiohttp logs an unhandled handler exception at ERROR: a vanished client is not one
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_chat_body_converts_tools_images_and_tool_results() -> None:

@@ -7,6 +7,7 @@ the node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -184,17 +185,24 @@ def _inference_handler(operation: Operation) -> Any:
 
 async def _relay(request: web.Request, reply: Any, headers: dict[str, str]) -> web.StreamResponse:
     """NDJSON, one chunk per line, written as it arrives. A failure after the first line ends
-    the stream with Ollama's own ``{"error": ...}`` line (the status is already 200)."""
+    the stream with Ollama's own ``{"error": ...}`` line (the status is already 200). A client
+    that leaves mid-stream ends it quietly: the reply is closed at once (the node is released,
+    the request recorded as closed early), and there is nobody left to answer."""
     response = web.StreamResponse(headers={**headers, "Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
-    try:
-        async for chunk in reply:
-            await response.write(_dumps(chunk).encode() + b"\n")
-    except (ConnectionResetError, web.HTTPException):
-        raise  # the client went away: nothing to tell it
-    except Exception as exc:
-        await response.write(_dumps({"error": _stream_error(exc)}).encode() + b"\n")
-    await response.write_eof()
+    async with contextlib.aclosing(aiter(reply)) as chunks:
+        try:
+            await response.prepare(request)
+            async for chunk in chunks:
+                await response.write(_dumps(chunk).encode() + b"\n")
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
+            return response
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(_dumps({"error": _stream_error(exc)}).encode() + b"\n")
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
     return response
 
 
