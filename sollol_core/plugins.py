@@ -116,6 +116,12 @@ class Plugins:
         self._register(name, plugin, "", "")
         self.pm.check_pending()
 
+    def unregister(self, name: str) -> None:
+        """Remove a plugin added with :meth:`register` (an application's own observer)."""
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+        self.infos = [info for info in self.infos if info.name != name]
+
     def _register(self, name: str, plugin: object, dist: str, version: str) -> None:
         self.pm.register(plugin, name=name)
         impls = self.pm.get_hookcallers(plugin) or []

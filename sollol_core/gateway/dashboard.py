@@ -77,12 +77,11 @@ def setup(app: web.Application) -> Hub:
     hub = Hub(Observatory())
     hub.observatory.listeners.append(hub.changed)
     name = f"sollol-gateway-dashboard-{id(app):x}"
-    router.plugins.pm.register(hub.observatory, name=name)
+    router.plugins.register(name, hub.observatory)
     app[HUB] = hub
 
     async def unregister(app: web.Application) -> None:
-        if router.plugins.pm.has_plugin(name):
-            router.plugins.pm.unregister(name=name)
+        router.plugins.unregister(name)
 
     app.on_shutdown.append(hub.close)
     app.on_cleanup.append(unregister)

@@ -44,13 +44,12 @@ def setup(app: web.Application) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
     observer = RequestMetrics(registry, router)
     name = f"sollol-gateway-metrics-{id(app):x}"
-    router.plugins.pm.register(observer, name=name)
+    router.plugins.register(name, observer)
     registry.register(FleetCollector(router))
     app[REGISTRY] = registry
 
     async def unregister(app: web.Application) -> None:
-        if router.plugins.pm.has_plugin(name):
-            router.plugins.pm.unregister(name=name)
+        router.plugins.unregister(name)
 
     app.on_cleanup.append(unregister)
     app.router.add_get(PATH, _metrics)
