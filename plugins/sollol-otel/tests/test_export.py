@@ -212,6 +212,23 @@ async def test_without_configuration_nothing_is_exported_but_traces_still_propag
     assert continued.split("-")[2] != "00f067aa0ba902b7" and continued.endswith("-01")
 
 
+async def test_without_configuration_the_gateway_continues_a_callers_trace_without_spans(
+        aiohttp_client: Any) -> None:
+    plugin, seen = OtelPlugin(), Headers()
+    router = Router.create(Settings(), isolated(("static", seen.backend), ("otel", plugin)))
+    client = await aiohttp_client(create_app(router))
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    response = await client.post("/api/chat", json={"model": "m", "messages": []},
+                                 headers={"traceparent": caller, "tracestate": "team=1"})
+    assert response.status == 200
+    sent = seen.sent()
+    version, trace_id, span_id, flags = sent["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    assert span_id not in {"00f067aa0ba902b7", "0" * 16}
+    assert sent["tracestate"] == "team=1"
+    assert plugin.sollol_status()["otel"]["active"] is False  # no span was made
+
+
 async def test_otel_sdk_disabled_turns_the_plugin_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
@@ -222,7 +239,7 @@ async def test_otel_sdk_disabled_turns_the_plugin_off(monkeypatch: pytest.Monkey
 
 
 async def test_the_plugin_stops_with_the_last_router(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     plugin = OtelPlugin()
     first, second = (Router.create(Settings(), isolated(("otel", plugin))) for _ in range(2))
     await first.start()

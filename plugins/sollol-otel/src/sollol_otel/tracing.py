@@ -47,7 +47,7 @@ from sollol_core.plugins import core_version
 from sollol_core.router import Router
 from sollol_core.types import AttemptRecord, Decision, InferenceRequest, RequestRecord
 from sollol_otel import attributes as attrs
-from sollol_otel import config, names
+from sollol_otel import config, names, propagation
 from sollol_otel.instruments import Instruments
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,8 @@ class OtelPlugin:
         self._owned: tuple[TracerProvider, MeterProvider] | None = None
         self._config: config.OtelConfig | None = None
         self._active: _Active | None = None
+        #: No exporter configured: no spans, only a traceparent for each upstream attempt.
+        self._propagate_only = False
         if self._injected:
             self._activate(tracer_provider or TracerProvider(shutdown_on_exit=False),
                            meter_provider or MeterProvider(shutdown_on_exit=False), excluded_urls)
@@ -168,6 +170,11 @@ class OtelPlugin:
         if settings.disabled:
             log.info("sollol-otel: OTEL_SDK_DISABLED=true, no traces or metrics")
             return
+        if not settings.traces.exporters and not settings.metrics.exporters:
+            self._propagate_only = True
+            log.info("sollol-otel: traces off, metrics off (no OTEL_* exporter): "
+                     "propagating traceparent only")
+            return
         service = config.resource(settings)
         tracer_provider = config.tracer_provider(settings, service)
         meter_provider = config.meter_provider(settings, service)
@@ -177,6 +184,7 @@ class OtelPlugin:
                  settings.metrics.describe())
 
     async def _stop(self) -> None:
+        self._propagate_only = False
         active, self._active = self._active, None
         owned, self._owned = self._owned, None
         if active is not None:
@@ -214,8 +222,16 @@ class OtelPlugin:
         @web.middleware
         async def trace_request(request: web.Request, handler: _Handler) -> web.StreamResponse:
             active = self._active
-            if active is None or (active.excluded is not None
-                                  and active.excluded.search(str(request.url))):
+            if active is None:
+                if not self._propagate_only:
+                    return await handler(request)
+                token = propagation.INCOMING.set(
+                    propagation.Incoming.from_headers(request.headers))
+                try:
+                    return await handler(request)
+                finally:
+                    propagation.INCOMING.reset(token)
+            if active.excluded is not None and active.excluded.search(str(request.url)):
                 return await handler(request)
             return await self._serve(active, request, handler)
 
@@ -246,7 +262,7 @@ class OtelPlugin:
                           attempt: int) -> Mapping[str, str] | None:
         active = self._active
         if active is None:
-            return None
+            return propagation.upstream_headers() if self._propagate_only else None
         state = active.open.get(request.id) or self._open_request(active, request)
         parent = (trace.set_span_in_context(state.route) if state.route is not None
                   else state.parent)
