@@ -1,9 +1,11 @@
-"""Serve an aiohttp application until SIGINT or SIGTERM: the gateway and the agent alike."""
+"""What the gateway and the agent share as servers: running until SIGINT or SIGTERM, and checking
+a Bearer token."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import hmac
 import signal
 from collections.abc import Callable, Sequence
 
@@ -14,6 +16,17 @@ from sollol_core.errors import SollolError
 
 class PortInUseError(SollolError):
     pass
+
+
+def bearer_token(request: web.Request) -> str:
+    """The token of an ``Authorization: Bearer ...`` header; empty without one."""
+    given = request.headers.get("Authorization", "")
+    return given[7:] if given.lower().startswith("bearer ") else ""
+
+
+def token_accepted(offered: str, accepted: Sequence[str]) -> bool:
+    """Whether ``offered`` is one of ``accepted``, compared in constant time."""
+    return any(hmac.compare_digest(offered.encode(), key.encode()) for key in accepted)
 
 
 async def serve_until_signalled(app: web.Application, host: str, port: int, *, name: str,

@@ -8,7 +8,6 @@ agent that stops leaves nothing running.
 
 from __future__ import annotations
 
-import hmac
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -17,6 +16,7 @@ from attrs import evolve
 
 from sollol_core.config import AgentSettings, Settings
 from sollol_core.convert import unstructure
+from sollol_core.listening import bearer_token, token_accepted
 from sollol_core.plugins import Plugins, core_version
 from sollol_core.types import Telemetry
 
@@ -68,9 +68,7 @@ def create_agent_app(plugins: Plugins, settings: Settings, *, token: str) -> web
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[TOKEN]
     if token and request.path not in PUBLIC_PATHS:
-        given = request.headers.get("Authorization", "")
-        offered = given[7:] if given.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(offered.encode(), token.encode()):
+        if not token_accepted(bearer_token(request), (token,)):
             return web.json_response(
                 {"error": "unauthorized: missing or wrong agent token (SOLLOL_AGENT_TOKEN)"},
                 status=401, headers={"WWW-Authenticate": "Bearer"})

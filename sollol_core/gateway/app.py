@@ -3,7 +3,6 @@ own status endpoint. The Ollama and OpenAI APIs live in their own modules."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from aiohttp import web
 from sollol_core.convert import unstructure
 from sollol_core.gateway import dashboard, metrics, ollama, openai
 from sollol_core.gateway.common import ROUTER
+from sollol_core.listening import bearer_token, token_accepted
 from sollol_core.plugins import core_version
 from sollol_core.router import Router
 
@@ -63,11 +63,10 @@ async def _unknown_routes(request: web.Request, handler: Handler) -> web.StreamR
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     keys = request.app[ROUTER].settings.gateway.api_keys
     if keys and request.path not in PUBLIC_PATHS:
-        given = request.headers.get("Authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
+        token = bearer_token(request)
         if not token and dashboard.is_dashboard(request.path):
             token = dashboard.key_of(request)  # EventSource cannot send headers
-        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+        if not token_accepted(token, keys):
             message = "unauthorized: missing or wrong API key"
             body: object = ({"error": {"message": message, "type": "invalid_request_error",
                                        "param": None, "code": "invalid_api_key"}}

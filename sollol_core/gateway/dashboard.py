@@ -11,7 +11,7 @@ stream sends by itself, and the page drops the key from the address bar.
 from __future__ import annotations
 
 import asyncio
-import hmac
+import functools
 import importlib.resources
 import json
 import time
@@ -23,6 +23,7 @@ from attrs import define, field
 
 from sollol_core.breaker import CircuitSnapshot
 from sollol_core.gateway.common import ROUTER
+from sollol_core.listening import token_accepted
 from sollol_core.observatory import Observatory
 from sollol_core.plugins import core_version
 from sollol_core.router import Router
@@ -100,6 +101,7 @@ def key_of(request: web.Request) -> str:
     return request.query.get("key") or request.cookies.get(COOKIE, "")
 
 
+@functools.cache  # package data: read once per process
 def _page_html() -> bytes:
     return (importlib.resources.files("sollol_core.gateway") / "static"
             / "dashboard.html").read_bytes()
@@ -110,7 +112,7 @@ async def _page(request: web.Request) -> web.Response:
                             headers={"Cache-Control": "no-store"})
     given = request.query.get("key", "")
     keys = request.app[ROUTER].settings.gateway.api_keys
-    if given and any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+    if given and token_accepted(given, keys):
         response.set_cookie(COOKIE, given, path=PREFIX, httponly=True, samesite="Strict",
                             secure=request.secure)
     return response
