@@ -122,7 +122,13 @@ async def _running(settings: Settings) -> AsyncIterator[None]:
 def sollol_discover(settings: Settings) -> Awaitable[Sequence[Endpoint]]:
     async def discover() -> Sequence[Endpoint]:
         _state.settings = settings
-        _state.models = await asyncio.to_thread(_catalogue_with_footprints, settings)
+        _state.models, footprints, unreadable = await asyncio.to_thread(
+            _catalogue_with_footprints, settings, frozenset(_state.footprints))
+        _state.footprints.update(footprints)
+        for key, why in unreadable.items():
+            if key not in _state.unreadable:
+                log.warning("%s", why)
+        _state.unreadable = unreadable
         found = [Endpoint.parse(RPC_KIND, a, default_port=50052)
                  for a in settings.discovery.rpc_backends]
         found += [Endpoint.parse(SERVER_KIND, a, default_port=8080)
@@ -165,20 +171,24 @@ def sollol_probe(endpoint: Endpoint, settings: Settings) -> Awaitable[NodeSnapsh
     return probe_worker()
 
 
-def _catalogue_with_footprints(settings: Settings) -> dict[str, Path]:
-    """The shardable models, and what each needs from its GGUF's header (cached per file)."""
+def _catalogue_with_footprints(
+        settings: Settings, known: frozenset[str],
+) -> tuple[dict[str, Path], dict[str, ModelFootprint], dict[str, str]]:
+    """The shardable models, and what each one not in ``known`` needs from its GGUF's header
+    (read in a thread: the caller stores the results on the event loop, where placement reads
+    them). Unreadable files come back with the reason."""
     models = catalogue.shardable(settings)
+    footprints: dict[str, ModelFootprint] = {}
+    unreadable: dict[str, str] = {}
     for name, path in models.items():
         key = model_key(name)
-        if key in _state.footprints:
+        if key in known:
             continue
         try:
-            _state.footprints[key] = read_footprint(path)
+            footprints[key] = read_footprint(path)
         except Exception as exc:  # llama.cpp could not load it either: refused at placement
-            if key not in _state.unreadable:
-                log.warning("cannot read the GGUF %s: %s", path, exc)
-            _state.unreadable[key] = f"cannot read {path}: {exc}"
-    return models
+            unreadable[key] = f"cannot read {path}: {exc}"
+    return models, footprints, unreadable
 
 
 def _holder_of(endpoint: Endpoint) -> str | None:
