@@ -101,6 +101,31 @@ class GatewaySettings:
     #: Bearer tokens accepted by the gateway; empty means no authentication.
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = field(default=32 * 1024 * 1024, validator=_positive)
+    #: Most JSON values (array items and object members, counted before parsing) in one body:
+    #: parsing and checking stay short enough never to stall the event loop.
+    max_json_items: int = field(default=1_000_000, validator=_positive)
+    #: Browser origins allowed besides loopback and local apps (Ollama's OLLAMA_ORIGINS form,
+    #: ``*`` matches anything: ``https://chat.example.com``, ``http://192.168.1.5:*``).
+    allowed_origins: tuple[str, ...] = ()
+    #: ``Host`` names accepted besides loopback, private addresses and local names, when
+    #: listening on loopback (DNS rebinding guard, as Ollama's).
+    allowed_hosts: tuple[str, ...] = ()
+    #: A request's header must be complete this long after its first byte (nginx's 60 s).
+    header_timeout_s: float = field(default=60.0, validator=_positive)
+    #: An idle connection (before its first request or between requests) is closed after this.
+    keepalive_timeout_s: float = field(default=75.0, validator=_positive)
+    #: A request body that does not arrive within this is refused (408).
+    body_timeout_s: float = field(default=60.0, validator=_positive)
+    #: Client connections at once; 0: half of this process's open-file limit. Past it the
+    #: oldest connection that is not running a request is closed for the new one.
+    max_connections: int = field(default=0, validator=_not_negative)
+    #: On SIGINT/SIGTERM, requests still running get this long to finish; a second signal ends
+    #: them at once.
+    shutdown_timeout_s: float = field(default=30.0, validator=_positive)
+    #: Peers whose ``X-Forwarded-Proto`` is believed (a TLS-terminating proxy on this machine).
+    trusted_proxies: tuple[str, ...] = field(default=("127.0.0.1", "::1"), validator=_networks)
+    #: How long a dashboard session cookie stays valid.
+    dashboard_session_s: float = field(default=12 * 3600.0, validator=_positive)
 
 
 @frozen
@@ -126,7 +151,14 @@ class DiscoverySettings:
     #: ``sollol agent`` daemons ("host:port") whose machines' telemetry placement uses.
     agents: tuple[str, ...] = field(default=(), validator=_addresses(AGENT_PORT))
     #: The Bearer token the router sends to agents and agents require (one secret per fleet).
+    #: Empty: the token in ``agent_token_file``, which an agent creates when it is missing.
     agent_token: str = ""
+    #: Where that token is kept when none is set; empty: ``agent-token`` in SOLLOL's user
+    #: config directory.
+    agent_token_file: str = ""
+    #: Also use nodes nobody named (``OLLAMA_HOST``, localhost's default ports): None (the
+    #: default) does so only when no node list is configured.
+    implicit_nodes: bool | None = None
 
 
 @frozen
@@ -140,6 +172,8 @@ class AgentSettings:
     advertise: str = ""
     #: Binding anything but loopback needs this (and a token): the agent starts processes.
     allow_remote: bool = False
+    #: RPC workers this agent runs at most, all routers together; 0: one per CPU core.
+    max_workers: int = field(default=0, validator=_not_negative)
 
 
 @frozen
@@ -158,7 +192,12 @@ class RoutingSettings:
 
     max_attempts: int = field(default=3, validator=_positive)
     request_timeout_s: float = field(default=300.0, validator=_positive)
+    #: Time to an attempt's first chunk (model load and prompt included); raised by the
+    #: placement's start-up allowance (a coordinator's load) and by a request's own timeout.
     first_token_timeout_s: float = field(default=60.0, validator=_positive)
+    #: After the first chunk, a node silent this long is taken as hung (a healthy generation
+    #: of any length is never cut while it keeps sending).
+    silence_timeout_s: float = field(default=60.0, validator=_positive)
     queue_size: int = field(default=256, validator=_positive)
     #: Priority levels a waiting request gains per second, so low priority never starves.
     aging_per_s: float = field(default=0.5, validator=_positive)
@@ -226,6 +265,16 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_PORT": "gateway.port",
     "SOLLOL_API_KEYS": "gateway.api_keys",
     "SOLLOL_MAX_BODY_BYTES": "gateway.max_body_bytes",
+    "SOLLOL_MAX_JSON_ITEMS": "gateway.max_json_items",
+    "SOLLOL_ORIGINS": "gateway.allowed_origins",
+    "SOLLOL_ALLOWED_HOSTS": "gateway.allowed_hosts",
+    "SOLLOL_HEADER_TIMEOUT": "gateway.header_timeout_s",
+    "SOLLOL_KEEPALIVE_TIMEOUT": "gateway.keepalive_timeout_s",
+    "SOLLOL_BODY_TIMEOUT": "gateway.body_timeout_s",
+    "SOLLOL_MAX_CONNECTIONS": "gateway.max_connections",
+    "SOLLOL_SHUTDOWN_TIMEOUT": "gateway.shutdown_timeout_s",
+    "SOLLOL_TRUSTED_PROXIES": "gateway.trusted_proxies",
+    "SOLLOL_DASHBOARD_SESSION": "gateway.dashboard_session_s",
     "SOLLOL_DISABLE_PLUGINS": "plugins.disable",
     "SOLLOL_LOAD_PLUGINS": "plugins.load",
     "SOLLOL_OLLAMA_NODES": "discovery.ollama_nodes",
@@ -237,6 +286,9 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_DISCOVERY_TIMEOUT": "discovery.timeout_s",
     "SOLLOL_AGENTS": "discovery.agents",
     "SOLLOL_AGENT_TOKEN": "discovery.agent_token",
+    "SOLLOL_AGENT_TOKEN_FILE": "discovery.agent_token_file",
+    "SOLLOL_IMPLICIT_NODES": "discovery.implicit_nodes",
+    "SOLLOL_AGENT_MAX_WORKERS": "agent.max_workers",
     "SOLLOL_AGENT_HOST": "agent.host",
     "SOLLOL_AGENT_PORT": "agent.port",
     "SOLLOL_AGENT_ADVERTISE": "agent.advertise",
@@ -245,6 +297,7 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_MAX_ATTEMPTS": "routing.max_attempts",
     "SOLLOL_REQUEST_TIMEOUT": "routing.request_timeout_s",
     "SOLLOL_FIRST_TOKEN_TIMEOUT": "routing.first_token_timeout_s",
+    "SOLLOL_SILENCE_TIMEOUT": "routing.silence_timeout_s",
     "SOLLOL_QUEUE_SIZE": "routing.queue_size",
     "SOLLOL_PRIORITY_AGING": "routing.aging_per_s",
     "SOLLOL_OLLAMA_PARALLEL": "discovery.ollama_parallel",
