@@ -6,7 +6,6 @@ is :mod:`sollol_core.sync`.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,12 @@ def _address(item: Address) -> str:
         return item
     host, port = item["host"], item.get("port")
     return f"{host}:{port}" if port is not None else str(host)
+
+
+def _check_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
+    return float(timeout)
 
 
 def _check_priority(priority: int) -> int:
@@ -115,10 +120,11 @@ class OllamaPool:
 
     async def _send(self, request: InferenceRequest, timeout: float | None) -> Any:
         await self.start()
+        if timeout is not None:  # the router applies it: to the whole run and the first chunk
+            request = attrs.evolve(request, timeout_s=_check_timeout(timeout))
         if request.stream:
-            reply = await asyncio.wait_for(self.router.open(request), timeout)
-            return _relay(reply)
-        chunks, routing = await asyncio.wait_for(self.router.run(request), timeout)
+            return _relay(await self.router.open(request))
+        chunks, routing = await self.router.run(request)
         response = dict(chunks[-1]) if chunks else {}
         response["_routing"] = unstructure(routing)
         return response

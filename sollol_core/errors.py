@@ -26,13 +26,17 @@ class NoRouteError(SollolError):
 
 
 class BackendError(SollolError):
-    """A backend failed before its first chunk; the router may fail over to another node."""
+    """A backend failed before its first chunk; the router may fail over to another node.
+
+    ``status`` is the node's HTTP status, if it answered one: a 4xx is its verdict on the
+    request (relayed to the client with ``detail``, the node's own message), not a fault."""
 
     def __init__(self, message: str, *, status: int | None = None,
-                 retryable: bool = True) -> None:
+                 retryable: bool = True, detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.detail = detail
 
 
 class QueueFullError(SollolError):

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 from attrs import define, evolve, field
 
@@ -32,6 +33,8 @@ class Fleet:
     _task: asyncio.Task[None] | None = None
     performance: PerformanceBook = field(factory=PerformanceBook)
     _local_host: str = field(factory=socket.gethostname)
+    #: Called with every probe's snapshot (the router's circuit breakers listen).
+    probe_listeners: list[Callable[[NodeSnapshot], None]] = field(factory=list)
 
     def snapshot(self) -> FleetSnapshot:
         """Frozen view for placement; snapshots older than ``stale_after_s`` are dropped."""
@@ -63,6 +66,8 @@ class Fleet:
         telemetry = await telemetry_task
         for snapshot in snapshots:
             if snapshot is not None:
+                for listener in self.probe_listeners:
+                    listener(snapshot)
                 known = self._nodes.get(snapshot.endpoint.key)
                 # in-flight counts are ours, not the probe's: keep them across probes
                 in_flight = known.in_flight if known else snapshot.in_flight

@@ -1,6 +1,8 @@
-"""Admission: requests that find every candidate at capacity wait here, best priority first.
+"""Admission: requests whose chosen node is at capacity wait here, best priority first.
 
-Priority ages: a request's effective priority grows with the time it has waited, so a stream of
+Each waiter waits for one node (the one placement chose), so a queue of requests for a busy node
+never holds back a request for an idle one; the bound on waiters is shared by all nodes. Priority
+ages: a request's effective priority grows with the time it has waited, so a stream of
 high-priority work delays low-priority work but never starves it.
 """
 
@@ -18,6 +20,7 @@ from sollol_core.errors import QueueFullError
 class _Waiter:
     priority: int
     enqueued: float
+    node: str
     woken: asyncio.Future[None]
 
     def effective(self, now: float, aging_per_s: float) -> float:
@@ -26,23 +29,32 @@ class _Waiter:
 
 @define
 class AdmissionQueue:
-    """A bounded wait list; :meth:`release` wakes the waiter with the highest aged priority."""
+    """A bounded wait list; :meth:`release` of a node wakes its waiter with the highest aged
+    priority."""
 
     max_size: int
     #: Priority levels gained per second of waiting.
     aging_per_s: float = 0.5
     _waiters: list[_Waiter] = field(factory=list)
+    #: Waiters per node, so that "does anyone wait for this node?" costs a dict lookup.
+    _per_node: dict[str, int] = field(factory=dict)
 
     def __len__(self) -> int:
         return len(self._waiters)
 
-    async def wait(self, priority: int, enqueued: float, timeout: float | None = None) -> bool:
-        """Wait for a :meth:`release` (True) or until ``timeout`` passes (False)."""
+    def waiting_for(self, node: str) -> int:
+        return self._per_node.get(node, 0)
+
+    async def wait(self, priority: int, enqueued: float, node: str,
+                   timeout: float | None = None) -> bool:
+        """Wait for a :meth:`release` of ``node`` (True) or until ``timeout`` passes (False).
+        Cancelled (the client left), the request leaves the queue."""
         if len(self._waiters) >= self.max_size:
             raise QueueFullError(f"{len(self._waiters)} requests already wait for capacity",
                                  retry_after_s=1)
-        waiter = _Waiter(priority, enqueued, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(priority, enqueued, node, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
+        self._per_node[node] = self._per_node.get(node, 0) + 1
         try:
             await asyncio.wait_for(asyncio.shield(waiter.woken), timeout)
             return True
@@ -50,17 +62,25 @@ class AdmissionQueue:
             return False
         finally:
             if waiter in self._waiters:
-                self._waiters.remove(waiter)
+                self._remove(waiter)
             elif not waiter.woken.done():
                 waiter.woken.cancel()
 
-    def release(self) -> None:
-        """A slot freed somewhere: let the best waiter try again."""
-        if not self._waiters:
+    def release(self, node: str) -> None:
+        """A slot of ``node`` freed: let its best waiter try again."""
+        if not self._per_node.get(node):
             return
         now = time.monotonic()
-        best = max(self._waiters,
+        best = max((w for w in self._waiters if w.node == node),
                    key=lambda w: (w.effective(now, self.aging_per_s), -w.enqueued))
-        self._waiters.remove(best)
+        self._remove(best)
         if not best.woken.done():
             best.woken.set_result(None)
+
+    def _remove(self, waiter: _Waiter) -> None:
+        self._waiters.remove(waiter)
+        left = self._per_node[waiter.node] - 1
+        if left:
+            self._per_node[waiter.node] = left
+        else:
+            del self._per_node[waiter.node]

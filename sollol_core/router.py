@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from attrs import define, evolve, field, frozen
 
 from sollol_core.breaker import Breakers
+from sollol_core.chunks import fold
 from sollol_core.config import Settings
 from sollol_core.errors import BackendError, NoRouteError
 from sollol_core.fleet import Fleet
 from sollol_core.hookspecs import Chunk
 from sollol_core.plugins import Plugins
 from sollol_core.queue import AdmissionQueue
-from sollol_core.types import AttemptRecord, Decision, InferenceRequest, RequestRecord
+from sollol_core.types import (
+    AttemptRecord,
+    Decision,
+    Health,
+    InferenceRequest,
+    NodeSnapshot,
+    RequestRecord,
+)
 
 #: How often a queued request re-checks capacity even without a release (probes change it too).
 RECHECK_S = 0.5
@@ -41,6 +50,68 @@ class Routing:
     attempts: int
 
 
+class Outcome(enum.Enum):
+    """What an attempt says about its node, for the node's circuit breaker."""
+
+    OK = "ok"
+    #: The node failed: unreachable, broke off, timed out, silent, or answered 5xx.
+    FAULT = "fault"
+    #: No verdict: the client left, or the node refused the request itself (4xx).
+    NEUTRAL = "neutral"
+
+
+def outcome_of(exc: BaseException) -> Outcome:
+    """Whether a failure is the node's fault (Envoy's outlier detection counts the same)."""
+    if isinstance(exc, BackendError):
+        return Outcome.FAULT if exc.status is None or exc.status >= 500 else Outcome.NEUTRAL
+    if isinstance(exc, OSError | TimeoutError):
+        return Outcome.FAULT
+    return Outcome.NEUTRAL
+
+
+@define
+class Hold:
+    """One attempt's claim on a node: its in-flight count, its queue slot and its circuit's
+    trial. Given back exactly once, with the attempt's outcome, however the attempt ends."""
+
+    router: Router
+    key: str
+    released: bool = False
+
+    def release(self, outcome: Outcome) -> None:
+        if self.released:
+            return
+        self.released = True
+        router = self.router
+        router.fleet.adjust_in_flight(self.key, -1)
+        router.queue.release(self.key)
+        breaker = router.breakers.of(self.key)
+        if outcome is Outcome.NEUTRAL:
+            breaker.abandon()
+        else:
+            breaker.record(outcome is Outcome.OK, time.monotonic())
+
+
+@frozen
+class Limits:
+    """A request's time limits, from the routing settings and its own ``timeout_s``."""
+
+    #: When the whole request must be over (``time.monotonic()``).
+    deadline: float
+    #: The longest an attempt may wait for its first chunk (before the decision's start-up).
+    first_chunk_s: float
+    #: The longest a node may stay silent between chunks.
+    silence_s: float
+    total_s: float
+
+    @classmethod
+    def of(cls, request: InferenceRequest, settings: Settings, started: float) -> Limits:
+        routing = settings.routing
+        total = request.timeout_s or routing.request_timeout_s
+        first = max(routing.first_token_timeout_s, request.timeout_s or 0.0)
+        return cls(started + total, first, routing.silence_timeout_s, total)
+
+
 @define
 class Router:
     plugins: Plugins
@@ -49,6 +120,9 @@ class Router:
     queue: AdmissionQueue
     breakers: Breakers = field(factory=Breakers)
     _lifespan: contextlib.AsyncExitStack | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.fleet.probe_listeners.append(self._probed)
 
     @classmethod
     def create(cls, settings: Settings, plugins: Plugins | None = None) -> Router:
@@ -77,6 +151,10 @@ class Router:
         if stack is not None:
             await stack.aclose()
 
+    def _probed(self, snapshot: NodeSnapshot) -> None:
+        self.breakers.probed(snapshot.endpoint.key, snapshot.health is Health.UP,
+                             time.monotonic())
+
     def decide(self, request: InferenceRequest, *,
                exclude: frozenset[str] = frozenset()) -> Decision:
         """Ask the placement policies; nodes in ``exclude`` or behind an open circuit are hidden."""
@@ -90,38 +168,48 @@ class Router:
             raise NoRouteError("no placement policy is enabled (is builtin-placement blocked?)")
         return decision
 
-    def _at_capacity(self, decision: Decision) -> bool:
+    def _must_wait(self, decision: Decision, queued: bool) -> bool:
+        """Whether the decided node has no room now (or, for a newcomer, others wait for it:
+        they were first). Other nodes' queues are no business of this request."""
         if decision.target is None:
             return False
-        node = self.fleet.snapshot().node(decision.target.key)
-        return node is not None and node.in_flight >= node.parallel
+        key = decision.target.key
+        node = self.fleet.snapshot().node(key)
+        if node is not None and node.in_flight >= node.parallel:
+            return True
+        return not queued and self.queue.waiting_for(key) > 0
 
     async def _admit(self, request: InferenceRequest, tried: frozenset[str],
-                     started: float) -> tuple[Decision, float]:
+                     limits: Limits) -> tuple[Decision, float]:
         """A decision whose node has room, waiting in the queue while it has none."""
         enqueued: float | None = None
         while True:
             decision = self.decide(request, exclude=tried)
-            busy = self._at_capacity(decision) or (enqueued is None and len(self.queue) > 0)
-            if not decision.placed or not busy:
+            if not decision.placed or not self._must_wait(decision, enqueued is not None):
                 return decision, 0.0 if enqueued is None else time.monotonic() - enqueued
+            assert decision.target is not None
             enqueued = enqueued or time.monotonic()
-            left = started + self.settings.routing.request_timeout_s - time.monotonic()
+            left = limits.deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
-            await self.queue.wait(request.priority, enqueued, timeout=min(RECHECK_S, left))
+            await self.queue.wait(request.priority, enqueued, decision.target.key,
+                                  timeout=min(RECHECK_S, left))
 
-    async def open(self, request: InferenceRequest) -> Reply:
-        """Place and start a request; returns once its first chunk is in hand."""
-        started = time.monotonic()
-        tried: set[str] = set()
-        failures: list[str] = []
+    async def open(self, request: InferenceRequest, *, exclude: frozenset[str] = frozenset(),
+                   started: float | None = None, earlier: Sequence[str] = ()) -> Reply:
+        """Place and start a request; returns once its first chunk is in hand. (``exclude``,
+        ``started`` and ``earlier`` failures continue a request whose earlier reply failed.)"""
+        started = time.monotonic() if started is None else started
+        limits = Limits.of(request, self.settings, started)
+        tried: set[str] = set(exclude)
+        failures: list[str] = list(earlier)
+        attempts_before = len(failures)
         decision: Decision | None = None
         queued_s = 0.0
-        for attempt in range(1, self.settings.routing.max_attempts + 1):
+        for attempt in range(attempts_before + 1, self.settings.routing.max_attempts + 1):
             try:
-                decision, waited = await self._admit(request, frozenset(tried), started)
-            except Exception as exc:
+                decision, waited = await self._admit(request, frozenset(tried), limits)
+            except BaseException as exc:  # queue full, timed out, or the client left
                 await self._finish_failed(request, decision, started, attempt - 1,
                                           _describe(exc), queued_s)
                 raise
@@ -146,52 +234,83 @@ class Router:
                 await self._finish_failed(request, decision, started, attempt, reason, queued_s)
                 raise NoRouteError(reason)
             key = decision.target.key if decision.target else decision.backend
-            breaker = self.breakers.of(key)
-            breaker.started()
-            self.fleet.adjust_in_flight(key, +1)
+            hold = self._hold(key)
+            first_chunk_s = limits.first_chunk_s + decision.startup_s
+            wait_s = min(first_chunk_s, limits.deadline - attempt_started)
             try:
                 # asyncio.timeout, not wait_for: no extra task per request on the hot path
-                async with asyncio.timeout(self.settings.routing.first_token_timeout_s):
+                async with asyncio.timeout(wait_s):
                     first = await anext(stream)
             except StopAsyncIteration:
                 first = None
             except (BackendError, OSError, TimeoutError) as exc:
-                self._release(key)
-                breaker.record(False, time.monotonic())
+                # (the loop's clock may fire a hair early: which limit was nearer decides)
+                out_of_time = isinstance(exc, TimeoutError) and wait_s < first_chunk_s
+                hold.release(outcome_of(exc))
                 tried.add(key)
-                failures.append(f"{decision.backend}: {_describe(exc)}")
+                description = _describe(exc, wait_s)
+                failures.append(f"{decision.backend}: {description}")
                 await _close_quietly(stream)
                 await self.plugins.notify_attempt_finished(_attempt_record(
-                    request, decision, attempt, attempt_started, error=_describe(exc),
+                    request, decision, attempt, attempt_started, error=description,
                     error_type=_error_type(exc)))
-                if isinstance(exc, BackendError) and not exc.retryable:
+                if out_of_time or (isinstance(exc, BackendError) and not exc.retryable):
                     await self._finish_failed(request, decision, started, attempt,
                                               failures[-1], queued_s)
+                    if out_of_time:
+                        raise TimeoutError(f"the request ran longer than "
+                                           f"{limits.total_s:g} s") from None
                     raise
                 continue
-            except BaseException as exc:
-                self._release(key)
+            except BaseException as exc:  # the client left (cancelled), or a plugin's bug
+                hold.release(Outcome.NEUTRAL)
                 await _close_quietly(stream)
                 await self.plugins.notify_attempt_finished(_attempt_record(
                     request, decision, attempt, attempt_started, error=_describe(exc),
                     error_type=_error_type(exc)))
+                await self._finish_failed(request, decision, started, attempt,
+                                          _describe(exc), queued_s)
                 raise
             return Reply(router=self, request=request, decision=decision, stream=stream,
-                         first=first, attempts=attempt, started=started, node_key=key,
-                         queue_ms=queued_s * 1000, attempt_started=attempt_started)
+                         first=first, attempts=attempt, started=started, hold=hold,
+                         limits=limits, queue_ms=queued_s * 1000,
+                         attempt_started=attempt_started, earlier=tuple(failures))
         reason = f"all {len(failures)} attempts failed: {'; '.join(failures)}"
         await self._finish_failed(request, decision, started, len(failures), reason, queued_s)
         raise BackendError(reason)
 
-    def _release(self, key: str) -> None:
-        self.fleet.adjust_in_flight(key, -1)
-        self.queue.release()
+    def _hold(self, key: str) -> Hold:
+        self.breakers.of(key).started()
+        self.fleet.adjust_in_flight(key, +1)
+        return Hold(self, key)
 
     async def run(self, request: InferenceRequest) -> tuple[list[Chunk], Routing]:
-        """Run a request to the end and return every chunk with where it ran."""
-        reply = await self.open(request)
-        chunks = [chunk async for chunk in reply]
-        return chunks, reply.routing()
+        """Run a request to the end and return its chunks with where it ran: every chunk of a
+        streamed request, or the one whole answer of a non-streamed one (backends may stream
+        it in pieces; :func:`~sollol_core.chunks.fold` joins them as Ollama would)."""
+        if request.stream:
+            reply = await self.open(request)
+            return [chunk async for chunk in reply], reply.routing()
+        chunks, reply = await self.collect(request)
+        return [fold(request.operation, chunks)], reply.routing()
+
+    async def collect(self, request: InferenceRequest) -> tuple[list[Chunk], Reply]:
+        """Every chunk of a request whose client waits for one whole answer. The client has
+        nothing until the end, so a node that fails midway is replaced like one that fails
+        before its first chunk (within the attempts and the time the request has)."""
+        started = time.monotonic()
+        tried: frozenset[str] = frozenset()
+        failures: list[str] = []
+        while True:
+            reply = await self.open(request, exclude=tried, started=started, earlier=failures)
+            reply.may_retry = reply.attempts < self.settings.routing.max_attempts
+            try:
+                return [chunk async for chunk in reply], reply
+            except BackendError as exc:
+                if not reply.retrying:
+                    raise
+                failures = [*reply.earlier, f"{reply.decision.backend}: {_describe(exc)}"]
+            tried = tried | {reply.node_key}
 
     async def _finish_failed(self, request: InferenceRequest, decision: Decision | None,
                              started: float, attempts: int, error: str, queued_s: float) -> None:
@@ -203,7 +322,10 @@ class Router:
 
 @define
 class Reply:
-    """A started request: its decision, and the chunks still to come (the first one included)."""
+    """A started request: its decision, and the chunks still to come (the first one included).
+
+    Each later chunk must come within the silence limit and the whole reply within the request's
+    deadline; a healthy generation of any length is never cut while it keeps sending."""
 
     router: Router
     request: InferenceRequest
@@ -212,17 +334,29 @@ class Reply:
     first: Chunk | None
     attempts: int
     started: float
-    node_key: str
+    hold: Hold
+    limits: Limits
     queue_ms: float = 0.0
     attempt_started: float | None = None
+    #: How the request's earlier attempts failed.
+    earlier: tuple[str, ...] = ()
     first_chunk_ms: float = field(init=False)
     attempt_first_chunk_ms: float = field(init=False)
     _done: bool = False
+    #: Set by :meth:`Router.collect`: a node fault midway may be retried (nothing was sent).
+    may_retry: bool = False
+    #: The reply failed by the node's fault and the router runs the request again: its end is
+    #: not the request's end.
+    retrying: bool = False
 
     def __attrs_post_init__(self) -> None:
         now = time.monotonic()
         self.first_chunk_ms = (now - self.started) * 1000
         self.attempt_first_chunk_ms = (now - (self.attempt_started or self.started)) * 1000
+
+    @property
+    def node_key(self) -> str:
+        return self.hold.key
 
     def routing(self) -> Routing:
         target = self.decision.target
@@ -241,48 +375,58 @@ class Reply:
         error: str | None = None
         error_type: str | None = None
         last: Chunk | None = None
-        node_failed = False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.router.settings.routing.request_timeout_s - (
-            time.monotonic() - self.started)
+        outcome = Outcome.OK
+        limits = self.limits
         try:
             if self.first is not None:
                 chunks, last = 1, self.first
                 yield self.first
             while True:
+                wait_s = min(limits.silence_s, limits.deadline - time.monotonic())
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout(wait_s):
                         chunk = await anext(self.stream)
                 except StopAsyncIteration:
                     break
+                except TimeoutError:
+                    raise _Overdue(wait_s < limits.silence_s) from None
                 chunks, last = chunks + 1, chunk
                 yield chunk
-        except BaseException as exc:
+        except _Overdue as exc:
+            error_type = "timeout"
+            if exc.total:
+                outcome = Outcome.NEUTRAL  # a long request, not a sick node
+                error = f"the request ran longer than {limits.total_s:g} s"
+                raise TimeoutError(error) from None
+            outcome = Outcome.FAULT
+            error = f"the node sent nothing for {limits.silence_s:g} s"
+            raise BackendError(error, retryable=False) from None
+        except (GeneratorExit, asyncio.CancelledError) as exc:
             # The client leaving (generator closed, handler cancelled) is no fault of the node.
-            node_failed = not isinstance(exc, GeneratorExit | asyncio.CancelledError)
-            error_type = "cancelled" if not node_failed else _error_type(exc)
-            error = _describe(exc) if not isinstance(exc, TimeoutError) else (
-                f"the request ran longer than {self.router.settings.routing.request_timeout_s:g} s")
-            if isinstance(exc, TimeoutError):
-                raise BackendError(error, retryable=False) from None
+            outcome, error, error_type = Outcome.NEUTRAL, _describe(exc), "cancelled"
+            raise
+        except BaseException as exc:
+            outcome, error, error_type = outcome_of(exc), _describe(exc), _error_type(exc)
             raise
         finally:
-            await self.close(chunks, error, last, node_failed=node_failed,
-                             error_type=error_type)
+            await self.close(chunks, error, last, outcome=outcome, error_type=error_type)
 
     async def close(self, chunks: int = 0, error: str | None = None,
-                    last: Chunk | None = None, *, node_failed: bool = False,
+                    last: Chunk | None = None, *, outcome: Outcome | None = None,
                     error_type: str | None = None) -> None:
-        """Release the node and report the request finished (once)."""
+        """Release the node and report the request finished (once). Without an ``outcome``, a
+        reply closed with an ``error`` says nothing about the node (the client left)."""
         if self._done:
             return
         self._done = True
         await _close_quietly(self.stream)
+        if outcome is None:
+            outcome = Outcome.OK if error is None else Outcome.NEUTRAL
+        self.hold.release(outcome)
+        self.retrying = (self.may_retry and outcome is Outcome.FAULT
+                         and time.monotonic() < self.limits.deadline)
         router = self.router
-        router._release(self.node_key)
         duration_ms = (time.monotonic() - self.started) * 1000
-        if error is None or node_failed:
-            router.breakers.of(self.node_key).record(error is None, time.monotonic())
         if error is None:
             router.fleet.performance.record(self.node_key, self.request.model,
                                             duration_ms - self.queue_ms, last)
@@ -296,12 +440,22 @@ class Reply:
             duration_ms=(time.monotonic() - (self.attempt_started or self.started)) * 1000,
             first_chunk_ms=self.attempt_first_chunk_ms, input_tokens=input_tokens,
             output_tokens=output_tokens))
+        if self.retrying:
+            return
         await router.plugins.notify_finished(RequestRecord(
             request_id=self.request.id, model=self.request.model,
             operation=self.request.operation, ok=error is None, duration_ms=duration_ms,
             decision=self.decision, error=error, attempts=self.attempts,
             first_chunk_ms=self.first_chunk_ms, chunks=chunks, queue_ms=self.queue_ms,
             input_tokens=input_tokens, output_tokens=output_tokens))
+
+
+class _Overdue(Exception):
+    """A reply's next chunk did not come in time: the request's ``total`` limit, or silence."""
+
+    def __init__(self, total: bool) -> None:
+        super().__init__()
+        self.total = total
 
 
 async def _close_quietly(stream: Any) -> None:
@@ -340,7 +494,10 @@ def _error_type(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out before the first chunk"
+def _describe(exc: BaseException, waited_s: float | None = None) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        within = f" within {waited_s:g} s" if waited_s is not None else ""
+        return f"no first chunk{within}"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled: the client went away"
     return str(exc) or type(exc).__name__

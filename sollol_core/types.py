@@ -386,6 +386,9 @@ class InferenceRequest:
     #: HTTP headers executors send upstream with this attempt (W3C ``traceparent`` from tracing
     #: plugins); the router sets them per attempt from :func:`sollol_on_attempt`.
     upstream_headers: Mapping[str, str] = field(factory=dict)
+    #: This request's own time limit (the Python API's ``timeout=``): its whole run, and the
+    #: longest its first chunk may take. None: the routing settings' limits.
+    timeout_s: float | None = None
 
     @classmethod
     def chat(cls, model: str, messages: list[Mapping[str, Any]], *, priority: int = 5,
@@ -438,6 +441,9 @@ class Decision:
     plan: ShardPlan | None = None
     candidates: tuple[Candidate, ...] = ()
     decided_at: float = field(factory=time.time)
+    #: Seconds the backend may need before it can answer at all (a coordinator loading the
+    #: model), allowed on top of the first-chunk limit.
+    startup_s: float = 0.0
 
     @classmethod
     def whole(cls, request: InferenceRequest, target: Endpoint, *, policy: str, reason: str,
@@ -447,9 +453,9 @@ class Decision:
 
     @classmethod
     def sharded(cls, request: InferenceRequest, plan: ShardPlan, *, policy: str, reason: str,
-                candidates: tuple[Candidate, ...] = ()) -> Decision:
+                candidates: tuple[Candidate, ...] = (), startup_s: float = 0.0) -> Decision:
         return cls(request_id=request.id, model=request.model, policy=policy, reason=reason,
-                   plan=plan, candidates=candidates)
+                   plan=plan, candidates=candidates, startup_s=startup_s)
 
     @classmethod
     def refuse(cls, request: InferenceRequest, *, policy: str, reason: str,

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from attrs import define
 
+from sollol_core.chunks import fold
 from sollol_core.convert import unstructure
 from sollol_core.gateway.catalog import CatalogEntry, catalogue
 from sollol_core.gateway.common import (
@@ -162,6 +163,10 @@ def _inference_handler(operation: Operation) -> Any:
         inference = InferenceRequest(operation=operation, model=model, body=forwarded,
                                      priority=priority, stream=stream)
         try:
+            if not stream:
+                chunks, reply = await router.collect(inference)
+                return web.json_response(fold(operation, chunks), headers=routing_headers(reply),
+                                         dumps=_dumps)
             reply = await router.open(inference)
         except Exception as exc:
             failed = error_for(exc, inference, router)
@@ -169,15 +174,7 @@ def _inference_handler(operation: Operation) -> Any:
                 failed = ApiError(404, f'model "{model}" not found, try pulling it first',
                                   failed.headers)
             return error_response(failed)
-        headers = routing_headers(reply)
-        if not stream:
-            try:
-                chunks = [chunk async for chunk in reply]
-            except Exception as exc:
-                return error_response(error_for(exc, inference, router))
-            return web.json_response(chunks[-1] if chunks else {}, headers=headers,
-                                     dumps=_dumps)
-        return await _relay(request, reply, headers)
+        return await _relay(request, reply, routing_headers(reply))
 
     handle.__name__ = f"ollama_{operation.value}"
     return handle

@@ -130,13 +130,15 @@ async def _serve(request: web.Request,
         call = parse(request, await read_json(request))
         router = _router(request)
         try:
+            if not call.request.stream:
+                chunks, reply = await router.collect(call.request)
+                for chunk in chunks:
+                    _raise_relayed_error(chunk)
+                return web.json_response(call.answer(chunks), headers=routing_headers(reply))
             reply = await router.open(call.request)
         except Exception as exc:
             raise error_for(exc, call.request, router) from None
-        if call.request.stream:
-            return await _stream(request, router, reply, call)
-        chunks = await _collect(router, reply, call)
-        return web.json_response(call.answer(chunks), headers=routing_headers(reply))
+        return await _stream(request, router, reply, call)
     except ApiError as exc:
         return _error(exc)
 
@@ -150,21 +152,6 @@ def _error_body(exc: ApiError) -> dict[str, Any]:
     kind = exc.kind or {400: "invalid_request_error", 404: "not_found_error"}.get(
         exc.status, "api_error")
     return {"error": {"message": exc.message, "type": kind, "param": None, "code": None}}
-
-
-async def _collect(router: Router, reply: Reply, call: _Call) -> list[Chunk]:
-    chunks: list[Chunk] = []
-    stream = aiter(reply)
-    try:
-        async for chunk in stream:
-            _raise_relayed_error(chunk)
-            chunks.append(chunk)
-    except Exception as exc:
-        await reply.close(len(chunks), _describe(exc))
-        raise error_for(exc, call.request, router) from None
-    finally:
-        await _aclose(stream)
-    return chunks
 
 
 class _ClientGone(Exception):

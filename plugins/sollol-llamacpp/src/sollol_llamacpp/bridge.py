@@ -36,7 +36,10 @@ def to_openai(request: InferenceRequest) -> tuple[str, dict[str, Any]]:
         return "/v1/embeddings", {"model": request.model, "input": body.get("input") or ""}
     if request.operation is Operation.EMBEDDINGS:
         return "/v1/embeddings", {"model": request.model, "input": body.get("prompt") or ""}
-    out: dict[str, Any] = {"model": request.model, "stream": request.stream}
+    # Generations are always streamed from llama-server, so that a slow but healthy one shows
+    # it is alive token by token; the router folds the chunks for a client that wants one answer.
+    out: dict[str, Any] = {"model": request.model, "stream": True,
+                           "stream_options": {"include_usage": True}}
     for option, value in dict(body.get("options") or {}).items():
         if option in _OPTIONS and value is not None:
             out[_OPTIONS[option]] = value
@@ -45,8 +48,6 @@ def to_openai(request: InferenceRequest) -> tuple[str, dict[str, Any]]:
         out["response_format"] = {"type": "json_object"}
     elif isinstance(fmt, Mapping):
         out["response_format"] = {"type": "json_schema", "json_schema": {"schema": dict(fmt)}}
-    if request.stream:
-        out["stream_options"] = {"include_usage": True}
     if request.operation is Operation.GENERATE and body.get("raw"):
         out["prompt"] = body.get("prompt") or ""
         return "/v1/completions", out
@@ -139,7 +140,8 @@ def _piece(request: InferenceRequest, text: str, *, done: bool,
 
 def from_openai(request: InferenceRequest, answer: Mapping[str, Any],
                 started: float) -> dict[str, Any]:
-    """A whole (non-streamed) llama-server answer as Ollama's one response object."""
+    """A whole (non-streamed) llama-server answer as Ollama's one response object (embeddings;
+    generations are streamed)."""
     if request.operation in (Operation.EMBED, Operation.EMBEDDINGS):
         vectors = [d.get("embedding", []) for d in answer.get("data") or []]
         if request.operation is Operation.EMBEDDINGS:

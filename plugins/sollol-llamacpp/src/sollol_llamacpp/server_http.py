@@ -32,9 +32,9 @@ async def run(session: aiohttp.ClientSession, base_url: str, request: InferenceR
                                 headers=request.upstream_headers or None) as response:
             if response.status != 200:
                 text = _error_text(await response.read(), response.status)
-                raise BackendError(f"{label}: {text}",
-                                   status=response.status, retryable=response.status in RETRYABLE)
-            if not request.stream:
+                raise BackendError(f"{label}: {text}", status=response.status,
+                                   retryable=response.status in RETRYABLE, detail=text)
+            if not body.get("stream"):  # embeddings come whole
                 yield from_openai(request, await response.json(content_type=None), started)
                 return
             translator = StreamTranslator(request, started)

@@ -16,27 +16,37 @@ import aiohttp
 
 from sollol_core.errors import BackendError
 from sollol_core.hookspecs import Chunk
-from sollol_core.types import Endpoint, InferenceRequest
+from sollol_core.types import Endpoint, InferenceRequest, Operation
 
 #: Statuses worth another node: busy, missing model (inventory changed), server-side failure.
 RETRYABLE = frozenset({404, 408, 429, 499}) | frozenset(range(500, 600))
+
+
+#: Operations whose answers Ollama can stream: always streamed from the node, so that a slow
+#: but healthy generation shows it is alive token by token (the router folds them back into
+#: one answer for a client that asked for one).
+STREAMED = frozenset({Operation.CHAT, Operation.GENERATE})
 
 
 async def execute(session: aiohttp.ClientSession, request: InferenceRequest, target: Endpoint,
                   on_missing_model: Callable[[Endpoint], None]) -> AsyncIterator[Chunk]:
     url = f"http://{target.address}/api/{request.operation.value}"
     name = target.address
+    streamed = request.operation in STREAMED
+    body = dict(request.body)
+    if streamed:
+        body["stream"] = True
     sent = 0
     try:
-        async with session.post(url, json=dict(request.body),
+        async with session.post(url, json=body,
                                 headers=request.upstream_headers or None) as response:
             if response.status != 200:
                 message = _error_message(await response.read(), response.status)
                 if response.status == 404:
                     on_missing_model(target)
                 raise BackendError(f"{name}: {message}", status=response.status,
-                                   retryable=response.status in RETRYABLE)
-            if not request.stream:
+                                   retryable=response.status in RETRYABLE, detail=message)
+            if not streamed:
                 yield await response.json(content_type=None)
                 return
             async for line in response.content:

@@ -128,7 +128,9 @@ class OllamaEmulator(InferenceMixin):
         ``refuse``: close the connection without a response; ``error500``: 500
         ``{"error": "emulated failure"}``; ``hang``: never answer (until :meth:`stop`);
         ``die_midstream``: 200, some chunks, then the connection drops (no final line);
-        ``error_midstream``: 200, some chunks, then a last line ``{"error": ...}``.
+        ``error_midstream``: 200, some chunks, then a last line ``{"error": ...}``;
+        ``stall_midstream``: 200, some chunks, then silence (the connection stays open until the
+        client leaves or :meth:`stop`).
         """
         if kind not in FAILURE_KINDS:
             raise ValueError(f"unknown failure kind {kind!r}; expected one of {FAILURE_KINDS}")

@@ -250,7 +250,8 @@ class InferenceMixin:
         tool_call = self._tool_call(body) if chat else None
         if tool_call is not None:
             pieces = [p for p in pieces if p[0] == "thinking"]
-        cut = max(1, len(pieces) // 2) if failure in ("die_midstream", "error_midstream") else -1
+        cut = max(1, len(pieces) // 2) if failure in (
+            "die_midstream", "error_midstream", "stall_midstream") else -1
         async with self._slot():
             started = time.perf_counter()
             load_ns = self._load(model, body)
@@ -311,6 +312,8 @@ class InferenceMixin:
 
     async def _fail_midstream(self, request: web.Request, response: web.StreamResponse | None,
                               failure: FailureKind | None, name: str) -> web.StreamResponse:
+        if failure == "stall_midstream":  # a node that hangs mid-generation
+            await asyncio.get_running_loop().create_future()
         if failure == "error_midstream":
             if response is None:
                 raise ApiError(500, FAILURE_MESSAGE)

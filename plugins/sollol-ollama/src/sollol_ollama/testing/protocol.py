@@ -12,9 +12,10 @@ from aiohttp import web
 
 FOREVER = math.inf
 DEFAULT_KEEP_ALIVE = 300.0
-FailureKind = Literal["refuse", "error500", "hang", "die_midstream", "error_midstream"]
+FailureKind = Literal["refuse", "error500", "hang", "die_midstream", "error_midstream",
+                      "stall_midstream"]
 FAILURE_KINDS: tuple[FailureKind, ...] = (
-    "refuse", "error500", "hang", "die_midstream", "error_midstream")
+    "refuse", "error500", "hang", "die_midstream", "error_midstream", "stall_midstream")
 FAILURE_MESSAGE = "emulated failure"
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
