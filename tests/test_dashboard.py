@@ -15,7 +15,7 @@ from attrs import evolve
 from sollol_core.config import PluginSettings, Settings
 from sollol_core.gateway.app import create_app
 from sollol_core.gateway.common import ROUTER
-from sollol_core.gateway.dashboard import HUB
+from sollol_core.gateway.dashboard import COOKIE, HUB, SESSIONS
 from sollol_core.hookspecs import Chunk, hookimpl
 from sollol_core.observatory import Observatory
 from sollol_core.plugins import Plugins
@@ -162,31 +162,143 @@ async def test_coordinators_show_which_layers_sit_on_which_worker(aiohttp_client
     assert decision["backend"] == "sharded:w1:50052,w2:50052" and decision["outcome"] == "ok"
 
 
+KEY = "sk-dashboard-0123456789abcdef"
+
+
+def keyed_app(**flags: Any) -> web.Application:
+    return create_app(router_of(("static", StaticBackend([node("a")])),
+                                **{"gateway.api_keys": [KEY, "other-key"], **flags}))
+
+
 async def test_the_page_is_served_and_needs_the_key_as_query_cookie_or_header(
         aiohttp_client: Any) -> None:
-    router = router_of(("static", StaticBackend([node("a")])), **{"gateway.api_keys": ["k"]})
-    client = await aiohttp_client(create_app(router))
+    client = await aiohttp_client(keyed_app())
     for path in ("/dashboard", "/dashboard/events", "/dashboard/state",
                  "/dashboard?key=wrong", "/dashboard/state?key=wrong"):
         assert (await client.get(path)).status == 401, path
-    assert (await client.get("/api/tags?key=k")).status == 401  # ?key= is for the dashboard only
-    page = await client.get("/dashboard?key=k")
+    assert (await client.get(f"/api/tags?key={KEY}")).status == 401  # ?key= is for the dashboard
+    page = await client.get(f"/dashboard?key={KEY}")
     assert page.status == 200 and page.content_type == "text/html"
     assert "<title>SOLLOL dashboard</title>" in await page.text()
-    cookie = page.cookies["sollol_dashboard_key"]
-    assert cookie.value == "k" and cookie["httponly"] and cookie["path"] == "/dashboard"
-    # the cookie jar now holds the key: the page's EventSource needs nothing else
+    assert "sollol_dashboard_key" not in page.cookies
+    cookie = page.cookies[COOKIE]
+    assert cookie["httponly"] and cookie["path"] == "/dashboard"
+    assert cookie["samesite"] == "Strict" and cookie["max-age"] == str(12 * 3600)
+    # the cookie jar now holds a session: the page's EventSource needs nothing else
     events = await client.get("/dashboard/events")
     assert events.status == 200 and (await next_state(events))["nodes"]
     events.close()
-    # ...but the cookie opens nothing outside the dashboard
-    assert (await client.get("/api/tags", headers={
-        "Cookie": "sollol_dashboard_key=k"})).status == 401
     client.session.cookie_jar.clear()
     assert (await client.get("/dashboard/state")).status == 401
     assert (await client.get("/dashboard/state", headers={
-        "Authorization": "Bearer k"})).status == 200
-    assert (await client.get("/dashboard/events?key=k")).status == 200
+        "Authorization": f"Bearer {KEY}"})).status == 200
+    assert (await client.get(f"/dashboard/events?key={KEY}")).status == 200
+
+
+async def session_of(client: Any, **headers: str) -> Any:
+    """The session cookie ``/dashboard?key=`` sets, the client's cookie jar left empty."""
+    page = await client.get(f"/dashboard?key={KEY}", headers=headers)
+    assert page.status == 200
+    client.session.cookie_jar.clear()
+    return page.cookies[COOKIE]
+
+
+async def test_the_cookie_holds_a_session_not_the_key(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(keyed_app())
+    first, second = (await session_of(client)).value, (await session_of(client)).value
+    for value in (first, second):
+        assert KEY not in value and "other-key" not in value
+        assert value not in KEY and value not in "other-key"
+    assert first != second  # each page load gets its own session
+    # a cookie that holds a key, as earlier versions set, is no session
+    for name in (COOKIE, "sollol_dashboard_key"):
+        assert (await client.get("/dashboard/state", headers={
+            "Cookie": f"{name}={KEY}"})).status == 401
+
+
+async def test_a_session_opens_the_dashboard_and_nothing_else(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(keyed_app())
+    session = {"Cookie": f"{COOKIE}={(await session_of(client)).value}"}
+    assert (await client.get("/dashboard/state", headers=session)).status == 200
+    page = await client.get("/dashboard", headers=session)
+    assert page.status == 200 and COOKIE not in page.cookies  # no key, no new session
+    events = await client.get("/dashboard/events", headers=session)
+    assert events.status == 200 and (await next_state(events))["nodes"]
+    events.close()
+    for path in ("/api/tags", "/api/sollol/status", "/v1/models", "/metrics"):
+        assert (await client.get(path, headers=session)).status == 401, path
+
+
+async def test_a_tampered_foreign_or_expired_session_is_refused(aiohttp_client: Any) -> None:
+    app = keyed_app()
+    client = await aiohttp_client(app)
+    elsewhere = await aiohttp_client(keyed_app())  # same keys, its own secret
+    value = (await session_of(client)).value
+    expiry, nonce, signature = value.split(".")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    for forged in (f"{int(expiry) + 3600}.{nonce}.{signature}",
+                   f"{expiry}.{nonce[::-1]}.{signature}", f"{expiry}.{nonce}.{flipped}",
+                   f"{expiry}.{nonce}.", f"{expiry}.{nonce}", "", "..",
+                   (await session_of(elsewhere)).value):
+        assert (await client.get("/dashboard/state", headers={
+            "Cookie": f"{COOKIE}={forged}"})).status == 401, forged
+    session = {"Cookie": f"{COOKIE}={value}"}
+    assert (await client.get("/dashboard/state", headers=session)).status == 200
+
+    app[SESSIONS].clock = lambda: time.time() + 12 * 3600 - 60
+    assert (await client.get("/dashboard/state", headers=session)).status == 200
+    app[SESSIONS].clock = lambda: time.time() + 12 * 3600 + 1
+    assert (await client.get("/dashboard/state", headers=session)).status == 401
+
+
+async def test_a_short_session_setting_ends_sessions_sooner(aiohttp_client: Any) -> None:
+    app = keyed_app(**{"gateway.dashboard_session_s": 60})
+    client = await aiohttp_client(app)
+    cookie = await session_of(client)
+    assert cookie["max-age"] == "60"
+    app[SESSIONS].clock = lambda: time.time() + 61
+    assert (await client.get("/dashboard/state", headers={
+        "Cookie": f"{COOKIE}={cookie.value}"})).status == 401
+
+
+async def test_the_cookie_is_secure_behind_a_trusted_tls_proxy_only(aiohttp_client: Any) -> None:
+    https = {"X-Forwarded-Proto": "https"}
+    trusting = await aiohttp_client(keyed_app())  # the test client connects from 127.0.0.1
+    assert not (await session_of(trusting))["secure"]
+    assert (await session_of(trusting, **https))["secure"]
+    assert not (await session_of(trusting, **{"X-Forwarded-Proto": "http"}))["secure"]
+    distrusting = await aiohttp_client(keyed_app(**{"gateway.trusted_proxies": []}))
+    assert not (await session_of(distrusting, **https))["secure"]
+    elsewhere = await aiohttp_client(keyed_app(**{"gateway.trusted_proxies": ["10.0.0.0/8"]}))
+    assert not (await session_of(elsewhere, **https))["secure"]
+
+
+def directives(policy: str) -> dict[str, list[str]]:
+    parsed: dict[str, list[str]] = {}
+    for directive in policy.split(";"):
+        name, *sources = directive.split()
+        parsed[name] = sources
+    return parsed
+
+
+async def test_dashboard_responses_carry_security_headers(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(keyed_app())
+    page = await client.get(f"/dashboard?key={KEY}")
+    policy = directives(page.headers["Content-Security-Policy"])
+    assert policy["default-src"] == ["'none'"] and policy["connect-src"] == ["'self'"]
+    for name in ("frame-ancestors", "base-uri", "form-action"):
+        assert policy[name] == ["'none'"], name
+    for name in ("script-src", "style-src"):  # the page's own inline blocks, nothing else
+        assert policy[name] and all(s.startswith("'sha256-") for s in policy[name]), policy
+    assert "img-src" not in policy
+    state = await client.get("/dashboard/state")
+    events = await client.get("/dashboard/events")
+    for response in (page, state, events):
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    events.close()
 
 
 async def test_the_stream_ends_when_the_client_leaves(aiohttp_client: Any) -> None:

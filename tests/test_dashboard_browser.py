@@ -28,6 +28,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
+#: Runs before the page's own script (Playwright's init scripts are exempt from the page's CSP).
+CSP_WATCH = """window.cspViolations = [];
+document.addEventListener("securitypolicyviolation",
+  e => window.cspViolations.push(e.violatedDirective + " " + e.blockedURI));"""
+
 
 def chromium_path() -> str:
     path = shutil.which("chromium") or "/usr/bin/chromium"
@@ -66,7 +71,13 @@ async def test_the_page_shows_the_fleet_and_a_node_going_down_without_reload(
     runner, url = await serve(router)
     try:
         page = await browser.new_page()
-        await page.goto(f"{url}/dashboard?key=k")
+        problems: list[str] = []  # what would show the page broken by its own CSP
+        page.on("console", lambda message: problems.append(message.text) if message.type in (
+            "error", "warning") else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        await page.add_init_script(CSP_WATCH)
+        response: Any = await page.goto(f"{url}/dashboard?key=k")
+        assert "default-src 'none'" in response.headers["content-security-policy"]
         cards = page.locator(".node")
         await expect(cards).to_have_count(3)
         b = page.locator('[data-node="static://b:11434"]')
@@ -98,6 +109,10 @@ async def test_the_page_shows_the_fleet_and_a_node_going_down_without_reload(
         await expect(page.locator("#s-up")).to_have_text("2/3")
         assert await page.evaluate("window.notReloaded") is True
         await expect(page.locator("#conn")).to_contain_text("live")
+        (cookie,) = await page.context.cookies()
+        assert cookie["httpOnly"] and "k" not in cookie["value"].split(".")  # a session, no key
+        assert await page.evaluate("window.cspViolations") == []
+        assert problems == []
     finally:
         await runner.cleanup()
 

@@ -63,10 +63,10 @@ async def _unknown_routes(request: web.Request, handler: Handler) -> web.StreamR
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     keys = request.app[ROUTER].settings.gateway.api_keys
     if keys and request.path not in PUBLIC_PATHS:
-        token = bearer_token(request)
-        if not token and dashboard.is_dashboard(request.path):
-            token = dashboard.key_of(request)  # EventSource cannot send headers
-        if not token_accepted(token, keys):
+        # the dashboard's own paths also take ?key= or its session cookie (EventSource cannot
+        # send headers)
+        if not token_accepted(bearer_token(request), keys) and not dashboard.authorised(
+                request, keys):
             message = "unauthorized: missing or wrong API key"
             body: object = ({"error": {"message": message, "type": "invalid_request_error",
                                        "param": None, "code": "invalid_api_key"}}

@@ -4,18 +4,27 @@ events at ``GET /dashboard/events``, one JSON state every second and soon after 
 
 With API keys configured, a browser's ``EventSource`` cannot send an ``Authorization`` header, so
 the dashboard's paths (and only those) also take the key as ``?key=``; ``/dashboard?key=...``
-then sets an HttpOnly, SameSite=Strict cookie limited to ``/dashboard`` that the page's event
-stream sends by itself, and the page drops the key from the address bar.
+then sets a session cookie (HttpOnly, SameSite=Strict, limited to ``/dashboard``) that the page's
+event stream sends by itself, and the page drops the key from the address bar. The cookie never
+holds the key: it is an expiring token signed with a secret each gateway application draws at
+start, and it opens the dashboard's paths only, never the API.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import hashlib
+import hmac
 import importlib.resources
+import ipaddress
 import json
+import math
+import re
+import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +39,11 @@ from sollol_core.router import Router
 from sollol_core.types import FleetSnapshot, NodeSnapshot, Telemetry, model_key
 
 PREFIX = "/dashboard"
-COOKIE = "sollol_dashboard_key"
+#: The only paths a session cookie (or ``?key=``) opens.
+PATHS = frozenset({PREFIX, PREFIX + "/events", PREFIX + "/state"})
+COOKIE = "sollol_dashboard_session"
+#: Where earlier versions kept the raw key; a new session deletes it from the browser.
+OLD_COOKIE = "sollol_dashboard_key"
 #: Every ``PERIOD_S`` a fresh state; after a change, one within ``MIN_GAP_S``.
 PERIOD_S = 1.0
 MIN_GAP_S = 0.2
@@ -69,7 +82,48 @@ class Hub:
             pass
 
 
+#: ``<expiry epoch s>.<nonce>.<base64url HMAC-SHA256 of the two>``, ASCII only.
+_TOKEN = re.compile(r"([0-9]{1,12})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})", re.ASCII)
+
+
+@define(eq=False)
+class Sessions:
+    """Issues and checks dashboard session tokens, signed with a secret drawn at random for
+    each gateway application (never derived from the API keys), so a restart ends every session."""
+
+    lifetime_s: float
+    #: Epoch seconds, as in the token; replaceable to see sessions expire.
+    clock: Callable[[], float] = time.time
+    _secret: bytes = field(factory=lambda: secrets.token_bytes(32), repr=False)
+
+    @property
+    def max_age_s(self) -> int:
+        """The cookie's Max-Age: whole seconds, never 0 (which would delete the cookie)."""
+        return max(1, math.ceil(self.lifetime_s))
+
+    def issue(self) -> str:
+        expiry = math.ceil(self.clock() + self.lifetime_s)
+        payload = f"{expiry}.{secrets.token_urlsafe(16)}"
+        return f"{payload}.{self._signature(payload)}"
+
+    def valid(self, token: str) -> bool:
+        """Whether ``token`` was issued here and has not expired; the signature is compared in
+        constant time."""
+        parts = _TOKEN.fullmatch(token)
+        if parts is None:
+            return False
+        expiry, nonce, signature = parts.groups()
+        if not hmac.compare_digest(signature, self._signature(f"{expiry}.{nonce}")):
+            return False
+        return self.clock() < int(expiry)
+
+    def _signature(self, payload: str) -> str:
+        digest = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 HUB = web.AppKey("dashboard_hub", Hub)
+SESSIONS = web.AppKey("dashboard_sessions", Sessions)
 
 
 def setup(app: web.Application) -> Hub:
@@ -80,6 +134,7 @@ def setup(app: web.Application) -> Hub:
     name = f"sollol-gateway-dashboard-{id(app):x}"
     router.plugins.register(name, hub.observatory)
     app[HUB] = hub
+    app[SESSIONS] = Sessions(router.settings.gateway.dashboard_session_s)
 
     async def unregister(app: web.Application) -> None:
         router.plugins.unregister(name)
@@ -92,13 +147,42 @@ def setup(app: web.Application) -> Hub:
     return hub
 
 
-def is_dashboard(path: str) -> bool:
-    return path == PREFIX or path.startswith(PREFIX + "/")
+def authorised(request: web.Request, keys: Sequence[str]) -> bool:
+    """Whether a request for one of the dashboard's paths carries one of ``keys`` as ``?key=``
+    or a valid session cookie; always False for every other path."""
+    if request.path not in PATHS:
+        return False
+    given = request.query.get("key", "")
+    if given and token_accepted(given, keys):
+        return True
+    return request.app[SESSIONS].valid(request.cookies.get(COOKIE, ""))
 
 
-def key_of(request: web.Request) -> str:
-    """The API key a dashboard request carries outside the ``Authorization`` header."""
-    return request.query.get("key") or request.cookies.get(COOKIE, "")
+def _over_tls(request: web.Request) -> bool:
+    """Whether the browser reached us over TLS: our own socket (aiohttp 3.14's ``secure`` looks at
+    nothing else), or a trusted proxy that says so in ``X-Forwarded-Proto``."""
+    if request.secure:
+        return True
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return forwarded == "https" and _trusted(
+        request.remote, request.app[ROUTER].settings.gateway.trusted_proxies)
+
+
+def _trusted(peer: str | None, proxies: Sequence[str]) -> bool:
+    """Whether ``peer`` is one of ``proxies`` (addresses, or networks such as 10.0.0.0/8)."""
+    try:
+        address = ipaddress.ip_address(peer or "")
+    except ValueError:
+        return False  # no address (a Unix socket): nothing to trust
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
+    for proxy in proxies:
+        try:
+            if address in ipaddress.ip_network(proxy, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 @functools.cache  # package data: read once per process
@@ -107,26 +191,56 @@ def _page_html() -> bytes:
             / "dashboard.html").read_bytes()
 
 
+def _csp_hashes(html: str, tag: str) -> str:
+    """CSP sources allowing exactly the inline ``<tag>`` blocks of ``html``, or ``'none'``."""
+    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.DOTALL)
+    # browsers hash the text after HTML's newline normalisation
+    digests = [hashlib.sha256(b.replace("\r\n", "\n").replace("\r", "\n").encode()).digest()
+               for b in blocks]
+    return " ".join(f"'sha256-{base64.b64encode(d).decode()}'" for d in digests) or "'none'"
+
+
+#: For every dashboard response; the page's own policy adds its inline script and style.
+_LOCKED = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+
+@functools.cache
+def _page_policy() -> str:
+    html = _page_html().decode()
+    return (f"{_LOCKED}; script-src {_csp_hashes(html, 'script')}; "
+            f"style-src {_csp_hashes(html, 'style')}; connect-src 'self'")
+
+
+def _headers(policy: str = _LOCKED) -> dict[str, str]:
+    # no-referrer: the page's address may still hold ?key= when it loads
+    return {"Cache-Control": "no-store", "Content-Security-Policy": policy,
+            "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer"}
+
+
 async def _page(request: web.Request) -> web.Response:
     response = web.Response(body=_page_html(), content_type="text/html", charset="utf-8",
-                            headers={"Cache-Control": "no-store"})
+                            headers=_headers(_page_policy()))
     given = request.query.get("key", "")
     keys = request.app[ROUTER].settings.gateway.api_keys
     if given and token_accepted(given, keys):
-        response.set_cookie(COOKIE, given, path=PREFIX, httponly=True, samesite="Strict",
-                            secure=request.secure)
+        sessions = request.app[SESSIONS]
+        response.set_cookie(COOKIE, sessions.issue(), path=PREFIX, max_age=sessions.max_age_s,
+                            httponly=True, samesite="Strict", secure=_over_tls(request))
+        if OLD_COOKIE in request.cookies:
+            response.del_cookie(OLD_COOKIE, path=PREFIX)
     return response
 
 
 async def _state(request: web.Request) -> web.Response:
-    return web.json_response(state_of(request.app[ROUTER], request.app[HUB].observatory))
+    return web.json_response(state_of(request.app[ROUTER], request.app[HUB].observatory),
+                             headers=_headers())
 
 
 async def _events(request: web.Request) -> web.StreamResponse:
     hub, router = request.app[HUB], request.app[ROUTER]
     response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-store",
-        "X-Accel-Buffering": "no"})
+        **_headers(), "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
     await response.prepare(request)
     hub.streams += 1
     try:
