@@ -29,6 +29,9 @@ from sollol_core.types import Decision, Endpoint, InferenceRequest, NodeSnapshot
 
 HI: list[Any] = [{"role": "user", "content": "Hi"}]
 
+#: What clients send (aiohttp marks a str body text/plain, which the gateway refuses).
+JSON_TYPE = {"Content-Type": "application/json"}
+
 
 @define
 class FlakyBackend:
@@ -93,7 +96,7 @@ class Gateway:
 
     async def post(self, path: str, data: bytes | str, **headers: str) -> tuple[int, Any]:
         async with aiohttp.ClientSession() as session, session.post(
-                self.url + path, data=data, headers=headers) as resp:
+                self.url + path, data=data, headers={**JSON_TYPE, **headers}) as resp:
             return resp.status, await resp.json()
 
     def last_request(self) -> InferenceRequest:
@@ -157,7 +160,7 @@ async def test_streamed_chat_deltas_finish_and_usage(gateway: Gateway) -> None:
 async def test_stream_is_sse_ending_with_done(gateway: Gateway) -> None:
     body = json.dumps({"model": "llama3.2", "messages": HI, "stream": True})
     async with aiohttp.ClientSession() as session, session.post(
-            f"{gateway.url}/v1/chat/completions", data=body) as resp:
+            f"{gateway.url}/v1/chat/completions", data=body, headers=JSON_TYPE) as resp:
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         assert resp.headers["X-Sollol-Backend"] == "static://a:11434"
         raw = (await resp.read()).decode()
@@ -263,7 +266,7 @@ async def test_priority_header_wins_and_is_not_forwarded(gateway: Gateway) -> No
 async def test_failure_mid_stream_ends_with_an_error_event(gateway: Gateway) -> None:
     body = json.dumps({"model": "dies", "messages": HI, "stream": True})
     async with aiohttp.ClientSession() as session, session.post(
-            f"{gateway.url}/v1/chat/completions", data=body) as resp:
+            f"{gateway.url}/v1/chat/completions", data=body, headers=JSON_TYPE) as resp:
         assert resp.status == 200
         raw = (await resp.read()).decode()
     events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
@@ -284,7 +287,8 @@ async def test_failure_mid_stream_ends_with_an_error_event(gateway: Gateway) -> 
 async def test_a_client_that_leaves_mid_stream_stops_the_backend(gateway: Gateway) -> None:
     body = json.dumps({"model": "endless", "messages": HI, "stream": True})
     async with aiohttp.ClientSession() as session:
-        resp = await session.post(f"{gateway.url}/v1/chat/completions", data=body)
+        resp = await session.post(f"{gateway.url}/v1/chat/completions", data=body,
+                                  headers=JSON_TYPE)
         assert (await resp.content.readuntil(b"\n\n")).startswith(b"data: ")
         resp.close()
     await asyncio.wait_for(gateway.flaky.closed.wait(), 5)
@@ -297,7 +301,7 @@ async def test_a_client_that_leaves_an_ollama_stream_stops_the_backend_quietly(
         gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
     body = json.dumps({"model": "endless", "messages": HI, "stream": True})
     async with aiohttp.ClientSession() as session:
-        resp = await session.post(f"{gateway.url}/api/chat", data=body)
+        resp = await session.post(f"{gateway.url}/api/chat", data=body, headers=JSON_TYPE)
         assert json.loads(await resp.content.readline())["done"] is False
         resp.close()
     await asyncio.wait_for(gateway.flaky.closed.wait(), 5)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from sollol_core.browsers import BrowserGuard
 from sollol_core.convert import unstructure
 from sollol_core.gateway import dashboard, metrics, ollama, openai
 from sollol_core.gateway.common import ROUTER
@@ -16,15 +17,20 @@ from sollol_core.router import Router
 
 #: Paths anyone may call, so that load balancers and health checks can see it is up.
 PUBLIC_PATHS = frozenset({"/", "/health"})
+GUARD = web.AppKey("browser_guard", BrowserGuard)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(router: Router) -> web.Application:
     """The gateway for ``router``; the router starts and stops with the application."""
-    app = web.Application(client_max_size=router.settings.gateway.max_body_bytes,
-                          middlewares=[_unknown_routes, _authenticate])
+    gateway = router.settings.gateway
+    app = web.Application(client_max_size=gateway.max_body_bytes,
+                          middlewares=[_unknown_routes, _browsers, _authenticate])
     app[ROUTER] = router
+    app[GUARD] = BrowserGuard.for_listener(gateway.host, origins=gateway.allowed_origins,
+                                           hosts=gateway.allowed_hosts)
+    app.on_response_prepare.append(_allow_origin)
     app.cleanup_ctx.append(_router_lifecycle)
     app.router.add_get("/health", _health)  # aiohttp answers HEAD for every GET route
     app.router.add_get("/api/sollol/status", _status)
@@ -59,6 +65,57 @@ async def _unknown_routes(request: web.Request, handler: Handler) -> web.StreamR
                             charset="utf-8")
 
 
+def _api_error(request: web.Request, status: int, message: str, code: str | None = None,
+               headers: dict[str, str] | None = None) -> web.Response:
+    """An error in the shape of the API the path belongs to."""
+    body: object = ({"error": {"message": message, "type": _OPENAI_TYPES.get(status, "api_error"),
+                               "param": None, "code": code}}
+                    if request.path.startswith("/v1/") else {"error": message})
+    return web.json_response(body, status=status, headers=headers)
+
+
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
+                 403: "permission_error", 404: "not_found_error", 415: "invalid_request_error"}
+
+
+@web.middleware
+async def _browsers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Web pages from other sites, and requests addressed to other host names (DNS rebinding),
+    are refused; allowed origins get their CORS preflight answered."""
+    refusal = request.app[GUARD].refusal(request.method, request.headers)
+    if refusal is not None:
+        return _api_error(request, *refusal)
+    if request.method == "OPTIONS" and "Origin" in request.headers and (
+            "Access-Control-Request-Method" in request.headers):
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": "GET, POST, HEAD, OPTIONS",
+            "Access-Control-Allow-Headers": _allowed_headers(request),
+            "Access-Control-Max-Age": "600"})
+    return await handler(request)
+
+
+#: Request headers a page may send (Ollama's list, and SOLLOL's priority).
+CORS_HEADERS = frozenset({"authorization", "content-type", "user-agent", "accept",
+                          "x-requested-with", "openai-beta", "x-sollol-priority"})
+
+
+def _allowed_headers(request: web.Request) -> str:
+    asked = request.headers.get("Access-Control-Request-Headers", "")
+    wanted = [h.strip().lower() for h in asked.split(",") if h.strip()]
+    allowed = [h for h in wanted if h in CORS_HEADERS or h.startswith("x-stainless-")]
+    return ", ".join(allowed or sorted(CORS_HEADERS))
+
+
+async def _allow_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """A page of an allowed origin may read the answer (the origin was checked on the way in)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and response.status != 403:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "X-Sollol-Backend, " \
+            "X-Sollol-Reason, X-Sollol-Request-Id, X-Sollol-Attempts, X-Sollol-Queue-Ms"
+        response.headers.add("Vary", "Origin")
+
+
 @web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     keys = request.app[ROUTER].settings.gateway.api_keys
@@ -67,11 +124,8 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         # send headers)
         if not token_accepted(bearer_token(request), keys) and not dashboard.authorised(
                 request, keys):
-            message = "unauthorized: missing or wrong API key"
-            body: object = ({"error": {"message": message, "type": "invalid_request_error",
-                                       "param": None, "code": "invalid_api_key"}}
-                            if request.path.startswith("/v1/") else {"error": message})
-            return web.json_response(body, status=401, headers={"WWW-Authenticate": "Bearer"})
+            return _api_error(request, 401, "unauthorized: missing or wrong API key",
+                              "invalid_api_key", {"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
 

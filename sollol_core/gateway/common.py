@@ -6,7 +6,9 @@ Each API renders :class:`ApiError` in its own error shape; this module never pic
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -36,18 +38,32 @@ class ApiError(Exception):
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object, whatever the Content-Type says (as Ollama does)."""
+    """The body as a JSON object, whatever the Content-Type says (as Ollama does; browsers are
+    held to JSON by the gateway's middleware). Bounded in size, in time and in the number of
+    values, so that neither a slow client nor a huge array can stall the gateway."""
+    gateway = request.app[ROUTER].settings.gateway
     try:
-        raw = await request.read()
+        async with asyncio.timeout(gateway.body_timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[ROUTER].settings.gateway.max_body_bytes
-        raise ApiError(413, f"request body is larger than the limit of {limit} bytes") from None
+        raise ApiError(413, f"request body is larger than the limit of "
+                            f"{gateway.max_body_bytes} bytes") from None
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within "
+                            f"{gateway.body_timeout_s:g} s") from None
     if not raw.strip():
         raise ApiError(400, "missing request body")
+    # Every JSON value past an array's or object's first one follows a comma: counting them in C
+    # bounds what json.loads and the field checks will cost before either runs.
+    if raw.count(b",") >= gateway.max_json_items:
+        raise ApiError(413, f"request body has more than {gateway.max_json_items} JSON values "
+                            "(gateway.max_json_items)")
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"expected a JSON object, got {type(body).__name__}")
     return body
@@ -65,17 +81,27 @@ def check_fields(body: Mapping[str, Any], shape: type[T]) -> T:
 def priority_of(request: web.Request, body: Mapping[str, Any], default: int = 5) -> int:
     """``X-Sollol-Priority`` header, else the body's ``priority`` field, else ``default``."""
     raw: Any = request.headers.get(PRIORITY_HEADER, body.get("priority", default))
-    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+    if isinstance(raw, str) and _INTEGER.fullmatch(raw.strip()):
         raw = int(raw)
     if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 10:
-        raise ApiError(400, f"priority must be an integer from 1 to 10, got {raw!r}")
+        raise ApiError(400, f"priority must be an integer from 1 to 10, got {_shown(raw)}")
     return raw
+
+
+#: ASCII digits only: ``str.isdigit`` also takes "²" and other digits ``int`` refuses.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,3}", re.ASCII)
+
+
+def _shown(value: Any) -> str:
+    """A client's value, short, for an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}..."
 
 
 def routing_headers(reply: Reply) -> dict[str, str]:
     routing = reply.routing()
     return {
-        "X-Sollol-Backend": reply.decision.backend,
+        "X-Sollol-Backend": _header_safe(reply.decision.backend),
         "X-Sollol-Reason": _header_safe(routing.reason),
         "X-Sollol-Request-Id": reply.request.id,
         "X-Sollol-Attempts": str(routing.attempts),
@@ -84,7 +110,12 @@ def routing_headers(reply: Reply) -> dict[str, str]:
 
 
 def _header_safe(text: str) -> str:
-    return text.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")[:500]
+    """Text (often holding what a client sent: a model name) fit for a header value: printable
+    ASCII only, so no client can break or split a response header."""
+    return _UNSAFE.sub("?", text[:500])
+
+
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 
 def error_for(exc: Exception, request: InferenceRequest, router: Router) -> ApiError:
@@ -102,7 +133,8 @@ def error_for(exc: Exception, request: InferenceRequest, router: Router) -> ApiE
         return ApiError(404, f"model '{request.model}' not found", headers)
     if isinstance(exc, BackendError):
         if exc.status is not None and 400 <= exc.status < 500:
-            return ApiError(exc.status, str(exc), headers)  # the node's own verdict on the request
+            # the node's own verdict on the request, in its own words
+            return ApiError(exc.status, exc.detail or str(exc), headers)
         return ApiError(502, str(exc), headers)
     if isinstance(exc, TimeoutError):
         return ApiError(504, "the request timed out", headers)

@@ -23,6 +23,8 @@ SOLLOL = shutil.which("sollol", path=str(Path(sys.executable).parent)) or "sollo
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
+JSON_TYPE = {"Content-Type": "application/json"}
+
 
 async def post(url: str, body: Any, **kwargs: Any) -> tuple[int, dict[str, str], Any]:
     async with aiohttp.ClientSession() as session, session.post(url, json=body, **kwargs) as r:
@@ -194,7 +196,7 @@ async def test_bad_input_gets_ollamas_error_shape(path: str, body: bytes, status
     async with OllamaEmulator() as node, gateway([node.address]) as (url, _):
         await wait_for_models(url)
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"{url}{path}", data=body) as r:
+            async with session.post(f"{url}{path}", data=body, headers=JSON_TYPE) as r:
                 got = await r.json()
                 assert r.status == status
                 assert set(got) == {"error"} and message in got["error"]
@@ -206,7 +208,7 @@ async def test_oversized_body_unknown_path_and_wrong_method() -> None:
     async with OllamaEmulator() as node, \
             gateway([node.address], SOLLOL_MAX_BODY_BYTES="1000") as (url, _):
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"{url}/api/chat", data=b"x" * 5000) as r:
+            async with session.post(f"{url}/api/chat", data=b"x" * 5000, headers=JSON_TYPE) as r:
                 assert r.status == 413 and "1000 bytes" in (await r.json())["error"]
             async with session.get(f"{url}/api/nothing") as r:
                 assert (r.status, await r.text()) == (404, "404 page not found")
@@ -227,5 +229,8 @@ async def test_request_fields_reach_the_node_untouched_and_its_fields_come_back(
         status, _, reply = await post(f"{url}/api/chat", {**body, "priority": 7})
     assert status == 200
     path, received = node.requests[-1]
-    assert path == "/api/chat" and received == body  # priority is SOLLOL's, not the node's
+    # priority is SOLLOL's, not the node's; the node streams (so that SOLLOL sees it is alive)
+    assert path == "/api/chat" and received == {**body, "stream": True}
     assert {"total_duration", "eval_count", "done_reason", "created_at"} <= set(reply)
+    # ... and the client still gets Ollama's one non-streamed answer, whole
+    assert reply["done"] is True and reply["message"]["tool_calls"][0]["function"]["name"] == "f"
