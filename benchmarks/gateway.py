@@ -43,13 +43,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from report import environment, percentile, write  # the benchmarks folder is on sys.path
 from sollol_ollama.testing import OllamaEmulator
 
 from sollol_core.config import Settings
+from sollol_core.connections import GuardedSite
 from sollol_core.gateway.app import create_app
-from sollol_core.gateway.serve import event_loop_factory
+from sollol_core.gateway.serve import event_loop_factory, limits_of
+from sollol_core.listening import app_runner
 from sollol_core.router import Router
 
 CONCURRENCY = (1, 10, 50)
@@ -107,11 +108,11 @@ async def _serve_async(role: str, conn: Connection, upstream: str,
         "OLLAMA_NODES": upstream, "SOLLOL_OLLAMA_PARALLEL": str(PARALLEL),
         "SOLLOL_HEALTH_INTERVAL": "3600", "SOLLOL_HOST": HOST})
     # As `sollol serve` runs it (sollol_core/gateway/serve.py), on a free port.
-    runner = web.AppRunner(create_app(Router.create(settings)), handle_signals=False,
-                           access_log=None)
+    limits = limits_of(settings.gateway)
+    runner = app_runner(create_app(Router.create(settings)), limits)
     await runner.setup()
     try:
-        await web.TCPSite(runner, HOST, 0).start()
+        await GuardedSite(runner, HOST, 0, limits=limits).start()
         conn.send(f"http://{HOST}:{runner.addresses[0][1]}")
         if profiler is not None:
             profiler.enable()

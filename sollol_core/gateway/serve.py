@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from sollol_core.config import GatewaySettings
+from sollol_core.connections import ServerLimits
 from sollol_core.gateway.app import create_app
 from sollol_core.listening import PortInUseError, serve_until_signalled
 from sollol_core.router import Router
 from sollol_core.types import is_loopback
 
-__all__ = ["PortInUseError", "event_loop_factory", "run", "serve"]
+__all__ = ["PortInUseError", "event_loop_factory", "limits_of", "run", "serve"]
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -35,4 +37,13 @@ async def serve(router: Router, *, ready: Callable[[str], None] = print) -> None
         notes.append(f"warning: listening on {settings.host} without API keys: anyone who can "
                      "reach this address can use every node (set SOLLOL_API_KEYS)")
     await serve_until_signalled(create_app(router), settings.host, settings.port,
-                                name="SOLLOL gateway", notes=notes, ready=ready)
+                                name="SOLLOL gateway", notes=notes, ready=ready,
+                                limits=limits_of(settings))
+
+
+def limits_of(settings: GatewaySettings) -> ServerLimits:
+    """The connection limits and timeouts of the gateway's settings."""
+    return ServerLimits(header_timeout_s=settings.header_timeout_s,
+                        keepalive_timeout_s=settings.keepalive_timeout_s,
+                        max_connections=settings.max_connections,
+                        shutdown_timeout_s=settings.shutdown_timeout_s)
