@@ -106,10 +106,12 @@ def serve(state: CliState, host: str | None, port: int | None, api_keys: tuple[s
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--host", help="Address to listen on (default 127.0.0.1; others need "
-              "--allow-remote and a token).")
+              "--allow-remote).")
 @click.option("--port", type=int, help="Port to listen on (default 11436).")
 @click.option("--token", help="Require this Bearer token (better: $SOLLOL_AGENT_TOKEN, which "
-              "other users cannot see in the process list).")
+              "other users cannot see in the process list). Default: the token in "
+              "$SOLLOL_AGENT_TOKEN_FILE, else agent-token in SOLLOL's config directory "
+              "(made if missing; its path is printed on start).")
 @click.option("--allow-remote", is_flag=True,
               help="Allow a non-loopback --host: routers on other machines can use this one.")
 @click.option("--advertise", metavar="HOST",

@@ -23,6 +23,7 @@ from attrs import evolve
 from sollol_core.agent.app import advertised_host, create_agent_app
 from sollol_core.config import AgentSettings, PluginSettings, Settings
 from sollol_core.convert import structure
+from sollol_core.errors import SollolError
 from sollol_core.hookspecs import hookimpl
 from sollol_core.plugins import Plugins
 from sollol_core.router import Router
@@ -40,9 +41,15 @@ def clean_env() -> dict[str, str]:
             if not k.startswith("SOLLOL_") and k not in {"RPC_BACKENDS", "OLLAMA_NODES"}}
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    """Where agents and routers of a test keep their token (never the user's real one)."""
+    return tmp_path / "config" / "agent-token"
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SOLLOL, *args], capture_output=True, text=True, timeout=60,
-                          env={**clean_env(), **(env or {})})
+                          env={**clean_env(), **env})
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -99,11 +106,37 @@ async def test_telemetry_is_this_machine_measured_by_the_installed_plugins(
     assert {"/v1/telemetry", "/v1/workers"} <= set(about["routes"])
 
 
+async def test_pages_of_other_sites_and_rebound_names_are_refused_before_the_token(
+        aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_agent_app(Plugins.load(), agent_settings(),
+                                                   token=TOKEN))
+    evil = {"Origin": "https://evil.example"}
+    for headers in (evil, {**evil, **AUTH}):
+        response = await client.post("/v1/workers", data='{"count": 1}',
+                                     headers={**headers, "Content-Type": "text/plain"})
+        assert response.status == 403
+        assert "evil.example" in (await response.json())["error"]
+        assert (await client.get("/v1/telemetry", headers=headers)).status == 403
+    rebound = await client.get("/v1/agent", headers={**AUTH, "Host": "evil.example"})
+    assert rebound.status == 403 and "evil.example" in (await rebound.json())["error"]
+    form = await client.post("/v1/workers", data='{"count": 1}',
+                             headers={**AUTH, "Content-Type": "text/plain"})
+    assert form.status == 415 and "application/json" in (await form.json())["error"]
+    assert (await client.get("/health", headers=evil)).status == 200  # liveness stays public
+    local_page = {**AUTH, "Origin": "http://127.0.0.1:3000"}
+    assert (await client.get("/v1/agent", headers=local_page)).status == 200
+
+
+def test_an_agent_app_cannot_be_made_without_a_token() -> None:
+    with pytest.raises(ValueError, match="token"):
+        create_agent_app(Plugins.load(PluginSettings(load=())), agent_settings(), token="")
+
+
 async def test_without_telemetry_plugins_the_agent_says_what_to_install(
         aiohttp_client: Any) -> None:
     plugins = Plugins.load(PluginSettings(load=()))
-    client = await aiohttp_client(create_agent_app(plugins, agent_settings(), token=""))
-    response = await client.get("/v1/telemetry")  # no token configured: none needed
+    client = await aiohttp_client(create_agent_app(plugins, agent_settings(), token=TOKEN))
+    response = await client.get("/v1/telemetry", headers=AUTH)
     assert response.status == 503
     assert "sollol-cpu" in (await response.json())["error"]
 
@@ -131,11 +164,12 @@ def test_agent_settings_from_the_environment() -> None:
 
 
 @pytest.fixture
-def agent_process() -> Iterator[tuple[subprocess.Popen[str], int]]:
+def agent_process(token_file: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     port = free_port()
     process = subprocess.Popen([SOLLOL, "agent", "--port", str(port)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
-                               env={**clean_env(), "SOLLOL_AGENT_TOKEN": TOKEN})
+                               env={**clean_env(), "SOLLOL_AGENT_TOKEN": TOKEN,
+                                    "SOLLOL_AGENT_TOKEN_FILE": str(token_file)})
     try:
         wait_for_health(port, process)
         yield process, port
@@ -160,44 +194,81 @@ def wait_for_health(port: int, process: subprocess.Popen[str]) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_agent_command_serves_and_stops_on_a_signal(
-        agent_process: tuple[subprocess.Popen[str], int], sig: signal.Signals) -> None:
+        agent_process: tuple[subprocess.Popen[str], int], sig: signal.Signals,
+        token_file: Path) -> None:
     process, port = agent_process
     base = f"http://127.0.0.1:{port}"
     assert get(f"{base}/v1/telemetry")[0] == 401
     status, body = get(f"{base}/v1/telemetry", token=TOKEN)
     assert status == 200 and json.loads(body)["host"] == socket.gethostname()
-    busy = run("agent", "--port", str(port))
+    busy = run("agent", "--port", str(port), env={"SOLLOL_AGENT_TOKEN": TOKEN})
     assert busy.returncode == 1 and f"port {port} on 127.0.0.1 is already in use" in busy.stderr
     process.send_signal(sig)
     assert process.wait(timeout=15) == 0
-    assert f"SOLLOL agent on http://127.0.0.1:{port}" in (process.stderr.read()
-                                                         if process.stderr else "")
+    printed = process.stderr.read() if process.stderr else ""
+    assert f"SOLLOL agent on http://127.0.0.1:{port}" in printed
+    assert "agent token in" not in printed and not token_file.exists()  # the configured token
 
 
-@pytest.mark.parametrize(("args", "env", "message"), [
-    (["--host", "192.0.2.10"], {}, "pass --allow-remote"),
-    (["--host", "192.0.2.10", "--allow-remote"], {}, "without a token"),
-])
-def test_agent_refuses_a_non_loopback_address_without_flag_and_token(
-        args: list[str], env: dict[str, str], message: str) -> None:
-    result = run("agent", "--port", str(free_port()), *args, env=env)
+def test_agent_refuses_a_non_loopback_address_without_allow_remote(token_file: Path) -> None:
+    result = run("agent", "--port", str(free_port()), "--host", "192.0.2.10",
+                 env={"SOLLOL_AGENT_TOKEN_FILE": str(token_file)})
     assert result.returncode == 2
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("sollol: error:")]
-    assert message in line and "192.0.2.10" in line, result.stderr
+    assert "pass --allow-remote" in line and "192.0.2.10" in line, result.stderr
     assert result.stdout == ""
+    assert not token_file.exists()  # refused before anything was made
 
 
-def test_a_remote_address_with_flag_and_token_starts_with_a_warning() -> None:
+def test_a_remote_address_with_allow_remote_starts_with_a_warning() -> None:
     from sollol_core.agent.serve import UnsafeAddress, check_address
 
     assert check_address(agent_settings(**{"agent.host": "::1"})) == []
+    # no token configured: the agent's token file is its token
     (warning,) = check_address(agent_settings(**{
-        "agent.host": "192.0.2.10", "agent.allow_remote": True,
-        "discovery.agent_token": TOKEN}))
+        "agent.host": "192.0.2.10", "agent.allow_remote": True}))
     assert warning.startswith("warning:") and "192.0.2.10" in warning
     with pytest.raises(UnsafeAddress, match="--allow-remote"):
         check_address(agent_settings(**{"agent.host": "0.0.0.0",
                                         "discovery.agent_token": TOKEN}))
+
+
+# -- the token ---------------------------------------------------------------------------------
+
+
+def test_an_agent_without_a_token_makes_a_private_one_and_routers_read_it(
+        token_file: Path) -> None:
+    from sollol_core.agent.token import resolve_token
+
+    settings = agent_settings(**{"discovery.agent_token_file": str(token_file)})
+    assert resolve_token(settings, create=False) == ""  # a router never makes it
+    assert not token_file.exists()
+    token = resolve_token(settings, create=True)
+    assert len(token) >= 40 and token_file.read_text().strip() == token
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert resolve_token(settings, create=True) == token  # kept across restarts
+    assert resolve_token(settings, create=False) == token  # the router on this machine
+    configured = evolve(settings, discovery=evolve(settings.discovery, agent_token="mine"))
+    assert resolve_token(configured, create=True) == "mine"  # a configured token wins
+    token_file.write_text("")
+    with pytest.raises(SollolError, match="empty"):
+        resolve_token(settings, create=True)  # an agent never runs without one
+
+
+def test_the_default_token_file_is_in_sollols_config_directory(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from sollol_core.agent.token import resolve_token, token_path
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = agent_settings()
+    path = token_path(settings)
+    assert path.name == "agent-token" and path.parent.name == "sollol"
+    assert path.is_relative_to(tmp_path)
+    token = resolve_token(settings, create=True)
+    assert path.read_text().strip() == token
+    from_env = Settings.load(environ={"SOLLOL_AGENT_TOKEN_FILE": str(tmp_path / "elsewhere")})
+    assert token_path(from_env) == tmp_path / "elsewhere"
 
 
 # -- a router that uses agents -----------------------------------------------------------------

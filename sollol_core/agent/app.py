@@ -1,9 +1,10 @@
 """The application of ``sollol agent``: this machine's telemetry behind a Bearer token, plus the
 routes plugins add through the ``sollol_agent_app`` hook (the llamacpp plugin's ``/v1/workers``).
 
-The core part knows no backend: it measures the machine with every installed telemetry plugin and
-checks the token. Whatever a plugin starts here, it stops in the ``cleanup_ctx`` it adds, so an
-agent that stops leaves nothing running.
+The core part knows no backend: it measures the machine with every installed telemetry plugin,
+refuses what browsers send (other sites' pages, DNS-rebound names, cross-site body types: a page
+must never start processes here) and checks the token. Whatever a plugin starts here, it stops
+in the ``cleanup_ctx`` it adds, so an agent that stops leaves nothing running.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from attrs import evolve
 
+from sollol_core.browsers import BrowserGuard
 from sollol_core.config import AgentSettings, Settings
 from sollol_core.convert import unstructure
 from sollol_core.listening import bearer_token, token_accepted
@@ -24,6 +26,7 @@ from sollol_core.types import Telemetry
 SETTINGS = web.AppKey("sollol_agent_settings", Settings)
 PLUGINS = web.AppKey("sollol_agent_plugins", Plugins)
 TOKEN = web.AppKey("sollol_agent_token", str)
+GUARD = web.AppKey("sollol_agent_browser_guard", BrowserGuard)
 #: What anyone may call: a liveness check that says nothing about the machine.
 PUBLIC_PATHS = frozenset({"/health"})
 #: Addresses that bind every interface: what a router should use instead must be found.
@@ -50,13 +53,18 @@ def advertised_host(agent: AgentSettings) -> str:
 
 
 def create_agent_app(plugins: Plugins, settings: Settings, *, token: str) -> web.Application:
-    """The agent for this machine; ``token`` (empty: none) guards every route but ``/health``."""
+    """The agent for this machine; ``token`` guards every route but ``/health`` (an agent without
+    one would let any local process, or any page a local browser opens, start processes)."""
+    if not token:
+        raise ValueError("an agent needs a token (sollol_core.agent.token.resolve_token)")
     settings = evolve(settings, agent=evolve(settings.agent,
                                              advertise=advertised_host(settings.agent)))
-    app = web.Application(middlewares=[_authenticate])
+    app = web.Application(middlewares=[_browsers, _authenticate])
     app[SETTINGS] = settings
     app[PLUGINS] = plugins
     app[TOKEN] = token
+    # no extra origins or host names: routers are not browsers, and reach it by address
+    app[GUARD] = BrowserGuard.for_listener(settings.agent.host, settings_hint=False)
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/agent", _about)
     app.router.add_get("/v1/telemetry", _telemetry)
@@ -65,12 +73,23 @@ def create_agent_app(plugins: Plugins, settings: Settings, *, token: str) -> web
 
 
 @web.middleware
+async def _browsers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Before the token: a page must not even learn whether its guess was right."""
+    if request.path not in PUBLIC_PATHS:
+        refusal = request.app[GUARD].refusal(request.method, request.headers)
+        if refusal is not None:
+            status, message = refusal
+            return web.json_response({"error": message}, status=status)
+    return await handler(request)
+
+
+@web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[TOKEN]
-    if token and request.path not in PUBLIC_PATHS:
-        if not token_accepted(bearer_token(request), (token,)):
+    if request.path not in PUBLIC_PATHS:
+        if not token_accepted(bearer_token(request), (request.app[TOKEN],)):
             return web.json_response(
-                {"error": "unauthorized: missing or wrong agent token (SOLLOL_AGENT_TOKEN)"},
+                {"error": "unauthorized: missing or wrong agent token (SOLLOL_AGENT_TOKEN, or "
+                          "the same agent token file as the agent's)"},
                 status=401, headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
 

@@ -1,8 +1,9 @@
 """A router's client for ``sollol agent``: its telemetry, and JSON calls for plugins' routes.
 
 Agents are named in ``[discovery] agents`` (``SOLLOL_AGENTS``); the router sends
-``[discovery] agent_token`` (``SOLLOL_AGENT_TOKEN``) as a Bearer token. Every failure is an
-:class:`AgentError` whose message names the agent and says what to check.
+``[discovery] agent_token`` (``SOLLOL_AGENT_TOKEN``), else the token in the agent token file, as a
+Bearer token (:mod:`sollol_core.agent.token`). Every failure is an :class:`AgentError` whose
+message names the agent and says what to check.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 from attrs import evolve, frozen
 
+from sollol_core.agent.token import TokenFileError, resolve_token
 from sollol_core.config import AGENT_PORT, Settings
 from sollol_core.convert import structure
 from sollol_core.errors import SollolError
@@ -42,11 +44,19 @@ class AgentClient:
     session: aiohttp.ClientSession
     token: str = ""
     timeout_s: float = 5.0
+    #: Why the token file could not be read: every call fails with it (as an AgentError).
+    token_problem: str = ""
 
     @classmethod
     def of(cls, endpoint: Endpoint, session: aiohttp.ClientSession,
            settings: Settings) -> AgentClient:
-        return cls(endpoint, session, settings.discovery.agent_token, settings.health.timeout_s)
+        """A client with the router's token: the configured one, else the token file's (read
+        each time, so a file copied in later is used; a router never creates it)."""
+        try:
+            token, problem = resolve_token(settings, create=False), ""
+        except TokenFileError as exc:
+            token, problem = "", str(exc)
+        return cls(endpoint, session, token, settings.health.timeout_s, problem)
 
     @property
     def base_url(self) -> str:
@@ -58,12 +68,15 @@ class AgentClient:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
         where = f"agent {self.endpoint.address}"
+        if self.token_problem:
+            raise AgentError(f"{where}: {self.token_problem}")
         try:
             async with self.session.request(method, self.base_url + path, json=body,
                                             headers=headers, timeout=timeout) as response:
                 if response.status == 401:
                     raise AgentError(f"{where} refused the token: set SOLLOL_AGENT_TOKEN (or "
-                                     "[discovery] agent_token) to the agent's")
+                                     "[discovery] agent_token) to the agent's, or copy the "
+                                     "agent's token file here (SOLLOL_AGENT_TOKEN_FILE)")
                 try:
                     answer = await response.json(content_type=None)
                 except ValueError:

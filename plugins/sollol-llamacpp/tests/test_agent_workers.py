@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from aiohttp import web
 from sollol_llamacpp.binaries import Binaries
 from sollol_llamacpp.rpc_probe import probe_rpc
@@ -44,10 +45,20 @@ def gone(pid: int) -> bool:
     return not psutil.pid_exists(pid)  # a zombie still exists
 
 
-async def test_agent_starts_lists_and_stops_real_workers(binaries: Binaries,
+@pytest.fixture
+def token_file(tmp_path: Path) -> str:
+    """The agent token file of agents and routers in a test (never the user's real one)."""
+    return str(tmp_path / "agent-token")
+
+
+def agent_settings(token_file: str, **flags: Any) -> Settings:
+    return Settings.load(environ={}, flags={"discovery.agent_token_file": token_file, **flags})
+
+
+async def test_agent_starts_lists_and_stops_real_workers(binaries: Binaries, token_file: str,
                                                          aiohttp_client: Any) -> None:
-    app = create_agent_app(Plugins.load(), Settings.load(environ={}), token=TOKEN)
-    client = await aiohttp_client(app)
+    settings = agent_settings(token_file, **{"agent.max_workers": 2})
+    client = await aiohttp_client(create_agent_app(Plugins.load(), settings, token=TOKEN))
     assert (await client.post("/v1/workers", json={"count": 1})).status == 401
 
     response = await client.post("/v1/workers", json={"count": 2, "first_port": 50652},
@@ -62,6 +73,12 @@ async def test_agent_starts_lists_and_stops_real_workers(binaries: Binaries,
     listed = (await (await client.get("/v1/workers", headers=AUTH)).json())["workers"]
     assert sorted(w["port"] for w in listed) == sorted(w["port"] for w in started)
 
+    # the cap counts every worker the agent runs, whoever asked
+    response = await client.post("/v1/workers", json={"count": 1}, headers=AUTH)
+    assert response.status == 409
+    assert "runs 2 RPC workers and at most 2" in (await response.json())["error"]
+    assert len((await (await client.get("/v1/workers", headers=AUTH)).json())["workers"]) == 2
+
     first, second = started
     response = await client.delete(f"/v1/workers/{first['port']}", headers=AUTH)
     assert response.status == 200 and (await response.json())["stopped"] == [first["port"]]
@@ -70,8 +87,11 @@ async def test_agent_starts_lists_and_stops_real_workers(binaries: Binaries,
     listed = (await (await client.get("/v1/workers", headers=AUTH)).json())["workers"]
     assert [w["port"] for w in listed] == [second["port"]]
 
+    cores = os.cpu_count() or 1
     for body, message in (({"count": 0}, "count"), ({"cuont": 1}, "cuont"),
-                          ("two", "count")):
+                          ("two", "count"), ({"count": 65}, "count: expected 1-64"),
+                          ({"count": 1, "threads": cores + 1}, f"threads: expected 1-{cores}"),
+                          ({"count": 1, "threads": 0}, "threads")):
         response = await client.post("/v1/workers", json=body, headers=AUTH)
         assert response.status == 400 and message in (await response.json())["error"]
 
@@ -90,13 +110,29 @@ def _request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
         return err.code, json.loads(err.read())
 
 
-def test_the_agent_command_leaves_no_worker_when_it_stops(binaries: Binaries) -> None:
+async def test_without_max_workers_an_agent_runs_one_worker_per_core(
+        token_file: str, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_agent_app(Plugins.load(), agent_settings(token_file),
+                                                   token=TOKEN))
+    cores = os.cpu_count() or 1
+    response = await client.post("/v1/workers", json={"count": cores + 1}, headers=AUTH)
+    assert response.status == 409
+    assert f"at most {cores}" in (await response.json())["error"]
+    assert (await (await client.get("/v1/workers", headers=AUTH)).json())["workers"] == []
+    me = psutil.Process()
+    assert not [p for p in me.children() if p.name() in {"ggml-rpc-server", "rpc-server"}]
+
+
+def test_the_agent_command_leaves_no_worker_when_it_stops(binaries: Binaries,
+                                                          token_file: str) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOLLOL_")
            or k in {"SOLLOL_LLAMACPP_BIN_DIR", "SOLLOL_CACHE_DIR"}}
     agent = subprocess.Popen([SOLLOL, "agent", "--port", str(port)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True,
-                             env={**env, "SOLLOL_AGENT_TOKEN": TOKEN})
+                             env={**env, "SOLLOL_AGENT_TOKEN": TOKEN,
+                                  "SOLLOL_AGENT_TOKEN_FILE": token_file,
+                                  "SOLLOL_AGENT_MAX_WORKERS": "2"})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -131,13 +167,17 @@ async def _serve(app: web.Application, port: int) -> AsyncIterator[None]:
 
 
 async def test_a_router_keeps_workers_on_its_agents_and_releases_them(
-        binaries: Binaries) -> None:
+        binaries: Binaries, token_file: str) -> None:
     port = free_port()
-    agent = create_agent_app(Plugins.load(), Settings.load(environ={}), token=TOKEN)
+    # no token configured on either side: the agent makes the file, the router reads it
+    from sollol_core.agent.token import resolve_token
+
+    agent_side = agent_settings(token_file, **{"agent.max_workers": 2})
+    agent = create_agent_app(Plugins.load(), agent_side,
+                             token=resolve_token(agent_side, create=True))
     async for _ in _serve(agent, port):
-        settings = Settings.load(environ={}, flags={
-            "discovery.agents": [f"127.0.0.1:{port}"], "discovery.agent_token": TOKEN,
-            "llamacpp.agent_workers": 2})
+        settings = agent_settings(token_file, **{
+            "discovery.agents": [f"127.0.0.1:{port}"], "llamacpp.agent_workers": 2})
         router = Router.create(settings, Plugins.load(PluginSettings(load=("llamacpp",))))
         await router.start()
         try:
@@ -196,7 +236,8 @@ class FakeAgent:
         return app
 
 
-async def test_the_router_tops_agents_up_and_stops_only_what_it_started() -> None:
+async def test_the_router_tops_agents_up_and_stops_only_what_it_started(
+        token_file: str) -> None:
     from sollol_llamacpp.agent_workers import AgentWorkers
 
     from sollol_core.http import Sessions
@@ -206,7 +247,7 @@ async def test_the_router_tops_agents_up_and_stops_only_what_it_started() -> Non
     down = free_port()
     async for _ in _serve(one.app(), ports[0]):
         async for _ in _serve(two.app(), ports[1]):
-            settings = Settings.load(environ={}, flags={
+            settings = agent_settings(token_file, **{
                 "discovery.agents": [f"127.0.0.1:{p}" for p in (*ports, down)],
                 "llamacpp.agent_workers": 2})
             keeper, sessions = AgentWorkers(), Sessions()

@@ -15,7 +15,7 @@ async def test_workers_start_on_loopback_restart_after_a_crash_and_stop(
         binaries: Binaries) -> None:
     pool = WorkerPool(binaries)
     try:
-        endpoints = await pool.start(2, first_port=50252)
+        endpoints = await pool.start(2, first_port=50252, threads=2)
         assert [e.host for e in endpoints] == ["127.0.0.1", "127.0.0.1"]
         assert all(e.port >= 50252 for e in endpoints) and len({e.port for e in endpoints}) == 2
         for endpoint in endpoints:
@@ -29,6 +29,9 @@ async def test_workers_start_on_loopback_restart_after_a_crash_and_stop(
         restarted = pool.workers[0]
         assert restarted.port == crashed.port and restarted.restarts == 1
         assert (await probe_rpc("127.0.0.1", restarted.port)).state == "ok"
+        # the restarted process runs with what the first one was given, threads included
+        command = psutil.Process(restarted.child.pid).cmdline()
+        assert command[1:] == ["-H", "127.0.0.1", "-p", str(crashed.port), "-t", "2"]
         pids = [w.child.pid for w in pool.workers]
     finally:
         await pool.stop()
@@ -50,7 +53,7 @@ async def test_a_worker_that_cannot_start_names_its_log(binaries: Binaries) -> N
         (endpoint,) = await pool.start(1, first_port=50352)
         with pytest.raises(WorkerError, match="log: "):
             # the same port again: the second worker cannot bind it
-            await pool._launch("127.0.0.1", endpoint.port, None)
+            await pool._launch("127.0.0.1", endpoint.port, pool.workers[0].argv)
     finally:
         await pool.stop()
 

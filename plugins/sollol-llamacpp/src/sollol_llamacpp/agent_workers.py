@@ -6,13 +6,15 @@ On the agent (added through ``sollol_agent_app``, behind the agent's token)::
     GET    /v1/workers           -> {"workers": [worker, ...]}
     POST   /v1/workers           {"count": n, "threads": t?, "first_port": p?}
                                  -> 201 {"workers": [the started ones]}
+                                    (409, none started, past ``[agent] max_workers``)
     DELETE /v1/workers/{port}    -> {"stopped": [port]}      (404 if no worker has that port)
     DELETE /v1/workers           -> {"stopped": [ports]}
 
 A worker is ``{"host", "port", "pid", "restarts", "alive"}``; ``host`` is the address the agent
 advertises (``[agent] advertise``, else its bind address), the one a router's coordinator
-connects to. Workers bind the agent's own address, supervised (restarted if they die) and all
-stopped when the agent stops.
+connects to. Workers bind the agent's own address, supervised (restarted if they die, with the
+same threads) and all stopped when the agent stops. An agent runs at most ``[agent] max_workers``
+(default: one per CPU core) whatever its routers ask, each with at most one thread per core.
 
 On the router, :class:`AgentWorkers` keeps ``[llamacpp] agent_workers`` workers running on each
 agent of ``[discovery] agents``: asked on every discovery round (so an agent that starts late or
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -41,13 +44,27 @@ from sollol_llamacpp.workers import FIRST_PORT, KIND, LocalWorker, WorkerPool
 
 log = logging.getLogger(__name__)
 
-#: Most workers one request may start (each is a process holding memory).
+#: Most workers one request may start (each is a process holding memory); the agent's
+#: ``max_workers`` caps all requests together.
 MAX_PER_REQUEST = 64
 #: How long a router waits for an agent to start workers (each must listen first).
 START_TIMEOUT_S = 60.0
 
 
 # -- on the agent ------------------------------------------------------------------------------
+
+
+class TooManyWorkers(SollolError):
+    """Starting the workers asked for would pass the agent's cap."""
+
+
+def cpu_cores() -> int:
+    return os.cpu_count() or 1
+
+
+def worker_cap(settings: Settings) -> int:
+    """Most workers the agent runs at once: ``[agent] max_workers``, 0 meaning one per core."""
+    return settings.agent.max_workers or cpu_cores()
 
 
 @frozen
@@ -91,7 +108,14 @@ class AgentPool:
         return [self.describe(w) for w in (self.pool.workers if self.pool else ())]
 
     async def start(self, wanted: StartWorkers) -> list[WorkerInfo]:
+        """Start the workers asked for, or none (:class:`TooManyWorkers`) past the cap."""
         async with self.lock:  # two requests at once must not pick the same free ports
+            running, cap = len(self.pool.workers) if self.pool else 0, worker_cap(self.settings)
+            if running + wanted.count > cap:
+                raise TooManyWorkers(
+                    f"this agent runs {running} RPC workers and at most {cap} ([agent] "
+                    f"max_workers, SOLLOL_AGENT_MAX_WORKERS): {wanted.count} more would pass "
+                    "it; none started")
             if self.pool is None:
                 bin_dir = self.settings.llamacpp.bin_dir
                 binaries = require_binaries(configured_dir=Path(bin_dir) if bin_dir else None)
@@ -150,12 +174,16 @@ async def _start(request: web.Request) -> web.Response:
         return _error(400, f'expected a body like {{"count": 2}}: {problems}')
     if not 1 <= wanted.count <= MAX_PER_REQUEST:
         return _error(400, f"count: expected 1-{MAX_PER_REQUEST}, got {wanted.count}")
-    if wanted.threads is not None and wanted.threads < 1:
-        return _error(400, f"threads: expected at least 1, got {wanted.threads}")
+    cores = cpu_cores()
+    if wanted.threads is not None and not 1 <= wanted.threads <= cores:
+        return _error(400, f"threads: expected 1-{cores} (this machine's CPU cores), got "
+                           f"{wanted.threads}")
     if not 0 < wanted.first_port < 65536:
         return _error(400, f"first_port: expected 1-65535, got {wanted.first_port}")
     try:
         started = await request.app[POOL].start(wanted)
+    except TooManyWorkers as exc:
+        return _error(409, str(exc))
     except (SollolError, OSError) as exc:  # no binaries, no free port, a worker did not start
         return _error(503, str(exc))
     return web.json_response({"workers": unstructure(started)}, status=201)

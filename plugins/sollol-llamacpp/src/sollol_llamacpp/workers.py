@@ -37,6 +37,8 @@ class LocalWorker:
     host: str
     port: int
     child: Child
+    #: The command line it was started with: a restart runs the same (threads included).
+    argv: tuple[str, ...]
     restarts: int = 0
 
     @property
@@ -69,7 +71,8 @@ class WorkerPool:
         started: list[LocalWorker] = []
         try:
             for port in free_ports(host, count, first_port, taken):
-                started.append(await self._launch(host, port, threads))
+                started.append(await self._launch(host, port,
+                                                  self._command(host, port, threads)))
         except BaseException:
             for worker in started:
                 await worker.child.stop()
@@ -80,11 +83,12 @@ class WorkerPool:
                                                    name="sollol-rpc-worker-supervisor")
         return [w.endpoint for w in started]
 
-    async def _launch(self, host: str, port: int, threads: int | None,
+    def _command(self, host: str, port: int, threads: int | None) -> tuple[str, ...]:
+        threads_flag = ("-t", str(threads)) if threads else ()
+        return (str(self.binaries.rpc_server), "-H", host, "-p", str(port), *threads_flag)
+
+    async def _launch(self, host: str, port: int, argv: tuple[str, ...],
                       restarts: int = 0) -> LocalWorker:
-        argv = [str(self.binaries.rpc_server), "-H", host, "-p", str(port)]
-        if threads:
-            argv += ["-t", str(threads)]
         child = await Child.spawn(argv, logs_dir() / f"rpc-worker-{host}-{port}.log")
         try:
             await wait_for_port(host, port, 30.0, child)
@@ -95,7 +99,7 @@ class WorkerPool:
         except BaseException:  # cancelled while it starts (its owner stops): no orphan
             await child.stop()
             raise
-        return LocalWorker(host, port, child, restarts)
+        return LocalWorker(host, port, child, argv, restarts)
 
     async def _supervise(self) -> None:
         """Restart workers that die; with back-off so a worker that cannot start does not spin."""
@@ -115,8 +119,8 @@ class WorkerPool:
                 if not self._holds(worker):
                     continue  # stopped on purpose (stop_worker) while we waited
                 try:
-                    restarted = await self._launch(
-                        worker.host, worker.port, None, worker.restarts + 1)
+                    restarted = await self._launch(worker.host, worker.port, worker.argv,
+                                                   worker.restarts + 1)
                 except WorkerError as exc:
                     log.error("%s", exc)
                     worker.restarts += 1
