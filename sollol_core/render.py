@@ -41,16 +41,18 @@ def _models(node: NodeSnapshot) -> str:
 
 def nodes_table(fleet: FleetSnapshot) -> Table:
     table = Table(title="Nodes", title_justify="left")
-    for column in ("endpoint", "role", "health", "latency", "version", "memory", "busy",
-                   "models", "found via", "detail"):
-        table.add_column(column, overflow="fold")
+    for column in ("endpoint", "found via", "role", "health", "latency", "version", "memory",
+                   "busy", "models", "detail"):
+        # where a node came from (config, OLLAMA_HOST, localhost...) is read whole, never folded
+        table.add_column(column, overflow="fold", no_wrap=column == "found via")
     for node in sorted(fleet.nodes, key=lambda n: n.endpoint.key):
         style = _HEALTH_STYLE[node.health]
         table.add_row(
-            node.endpoint.key, node.role.value, f"[{style}]{node.health.value}[/]",
+            node.endpoint.key, node.endpoint.source, node.role.value,
+            f"[{style}]{node.health.value}[/]",
             f"{node.latency_ms:.1f} ms" if node.latency_ms is not None else "-",
             node.version or "-", _memory(node), f"{node.in_flight}/{node.parallel}",
-            _models(node), node.endpoint.source, node.detail or "")
+            _models(node), node.detail or "")
     return table
 
 

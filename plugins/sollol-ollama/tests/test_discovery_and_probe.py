@@ -49,21 +49,45 @@ async def not_ollama(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[st
         await runner.cleanup()
 
 
-async def discover(settings: Settings, environ: dict[str, str]) -> dict[str, str]:
+async def discover(settings: Settings, environ: dict[str, str],
+                   localhost: str | None = None) -> dict[str, str]:
+    """Discovery's finds (address -> source); ``localhost`` stands in for 127.0.0.1:11434."""
+    discovery = Discovery() if localhost is None else Discovery(localhost=localhost)
     async with aiohttp.ClientSession() as session:
-        found = await Discovery().discover(session, settings, environ)
+        found = await discovery.discover(session, settings, environ)
     return {e.address: e.source for e in found}
 
 
 async def test_named_nodes_are_kept_even_when_down_but_implicit_ones_must_answer() -> None:
     down = f"127.0.0.1:{free_port()}"
     async with OllamaEmulator() as node, not_ollama() as other:
-        settings = Settings.load(environ={"OLLAMA_NODES": f"{down},{node.address}"})
-        found = await discover(settings, {"OLLAMA_HOST": other})
+        settings = Settings.load(environ={"OLLAMA_NODES": f"{down},{node.address}",
+                                          "SOLLOL_IMPLICIT_NODES": "true"})
+        found = await discover(settings, {"OLLAMA_HOST": other}, localhost=other)
         assert found[down] == "config" and found[node.address] == "config"
         assert other not in found  # answers HTTP, but not Ollama's API
         found = await discover(Settings(), {"OLLAMA_HOST": node.address})
         assert found[node.address] == "OLLAMA_HOST"
+
+
+@pytest.mark.parametrize(("environ", "implicit_found"), [
+    ({"OLLAMA_NODES": "{named}"}, False),
+    ({"OLLAMA_NODES": "{named}", "SOLLOL_IMPLICIT_NODES": "true"}, True),
+    ({}, True),
+    ({"SOLLOL_IMPLICIT_NODES": "false"}, False),
+], ids=["list-configured", "list-and-opt-in", "no-list-auto", "no-list-never"])
+async def test_ollama_host_and_localhost_join_only_without_a_node_list_or_by_opt_in(
+        environ: dict[str, str], implicit_found: bool) -> None:
+    async with (OllamaEmulator(name="named") as named,
+                OllamaEmulator(name="ollama-host") as via_env,
+                OllamaEmulator(name="localhost") as local):
+        settings = Settings.load(environ={k: v.format(named=named.address)
+                                          for k, v in environ.items()})
+        found = await discover(settings, {"OLLAMA_HOST": via_env.address},
+                               localhost=local.address)
+    implicit = {via_env.address: "OLLAMA_HOST", local.address: "localhost"}
+    named_found = {named.address: "config"} if "OLLAMA_NODES" in environ else {}
+    assert found == {**named_found, **(implicit if implicit_found else {})}
 
 
 @contextlib.asynccontextmanager

@@ -45,7 +45,7 @@ from sollol_llamacpp.coordinator import Coordinators
 from sollol_llamacpp.estimate import ModelFootprint, read_footprint
 from sollol_llamacpp.planner import ModelNeeds, NoPlanFits, WorkerCapacity, plan_shards
 from sollol_llamacpp.rpc_probe import probe_rpc, snapshot_from
-from sollol_llamacpp.sweep import RpcSweep
+from sollol_llamacpp.sweep import LocalhostWorker, RpcSweep, implicit_workers_wanted
 from sollol_llamacpp.workers import KIND as RPC_KIND
 from sollol_llamacpp.workers import WorkerPool
 
@@ -86,6 +86,7 @@ class State:
 
 _state = State()
 _sweeper = RpcSweep()
+_localhost_worker = LocalhostWorker()
 
 
 @hookimpl
@@ -136,6 +137,12 @@ def sollol_discover(settings: Settings) -> Awaitable[Sequence[Endpoint]]:
         if _state.pool is not None:
             found += [w.endpoint for w in _state.pool.workers]
         found += await _state.agent_workers.ensure(settings, _state.sessions)
+        local = _localhost_worker.endpoint
+        if implicit_workers_wanted(settings) and local.key not in {e.key for e in found}:
+            # held by our coordinator, it would not answer HELLO; it was found before it was held
+            if _holder_of(local) is not None \
+                    or await _localhost_worker.answers(settings.discovery.timeout_s):
+                found.append(local)
         if settings.discovery.subnets:
             found += await _sweeper.sweep(settings.discovery.subnets,
                                           settings.discovery.timeout_s)
@@ -264,9 +271,11 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | 
     except NoPlanFits as exc:
         return Decision.refuse(request, policy=POLICY, reason=f"{why}, but {exc}")
     layers = "/".join(str(count) for count in plan.layers)
+    # a new coordinator may take up to its start-up limit before the first token
     return Decision.sharded(request, plan, policy=POLICY, reason=(
         f"{why}; needs {needs.total_bytes / GIB:.2f} GiB on the workers; sharded over "
-        f"{len(plan.workers)} RPC workers ({options.layer_strategy}, layers {layers})"))
+        f"{len(plan.workers)} RPC workers ({options.layer_strategy}, layers {layers})"),
+        startup_s=options.coordinator_timeout_s)
 
 
 @functools.lru_cache(maxsize=64)
@@ -332,8 +341,8 @@ async def _run_sharded(request: InferenceRequest, plan: ShardPlan,
     coordinators = _state.coordinators
     if gguf is None or coordinators is None:
         raise BackendError(f"no GGUF file is known for {request.model}", retryable=False)
-    tries = 1 if request.stream else 2  # a non-streamed request survives one coordinator crash
-    for attempt in range(1, tries + 1):
+    sent = 0
+    for attempt in (1, 2):  # a coordinator that crashed before answering is restarted once
         coordinator = await coordinators.ensure(
             request.model, gguf, plan.workers, plan.tensor_split,
             context_size=settings.llamacpp.context_size, parallel=settings.llamacpp.parallel,
@@ -343,12 +352,13 @@ async def _run_sharded(request: InferenceRequest, plan: ShardPlan,
             _learn(request.model, plan, coordinator.child.log_path)
         try:
             async for chunk in _run_on(coordinator.url, request, f"coordinator {coordinator.url}"):
+                sent += 1
                 yield chunk
             coordinator.last_used = time.monotonic()
             return
         except BackendError:
             await asyncio.sleep(0.2)
-            if coordinator.alive or attempt == tries:
+            if coordinator.alive or attempt == 2 or sent:  # sent chunks cannot be taken back
                 raise
             log.warning("the coordinator for %s died mid-request; restarting it", request.model)
             await coordinators.forget_dead()

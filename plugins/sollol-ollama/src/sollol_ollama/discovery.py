@@ -2,7 +2,9 @@
 
 Nodes the user named are kept even when they do not answer (so ``sollol discover`` shows them as
 down). Everything else counts only if it answers Ollama's ``/api/version``: an open port is not an
-Ollama.
+Ollama. ``OLLAMA_HOST`` and localhost (implicit nodes) are tried only when no node list is
+configured, or with ``discovery.implicit_nodes = true``: a configured list is the whole fleet, and
+whatever answers on those ports would otherwise get users' prompts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ DEFAULT_PORT = 11434
 SWEEP_CONCURRENCY = 64
 #: A sweep's result is reused this long: the network changes slowly, probes run every few seconds.
 SWEEP_TTL_S = 60.0
+#: Where Ollama listens when nobody says otherwise.
+LOCALHOST = f"127.0.0.1:{DEFAULT_PORT}"
 
 
 def from_ollama_host(value: str) -> str | None:
@@ -61,8 +65,17 @@ async def answers_ollama(session: aiohttp.ClientSession, address: str, timeout_s
         return False
 
 
+def implicit_nodes_wanted(settings: Settings) -> bool:
+    """Whether ``OLLAMA_HOST`` and localhost join the fleet: ``discovery.implicit_nodes``, or
+    when that is unset (auto), only while no Ollama node is named."""
+    choice = settings.discovery.implicit_nodes
+    return not settings.discovery.ollama_nodes if choice is None else choice
+
+
 @define
 class Discovery:
+    #: localhost's Ollama address (tests stand an emulator on another port in for it).
+    localhost: str = LOCALHOST
     _sweeps: dict[tuple[str, ...], tuple[float, list[str]]] = field(factory=dict)
 
     async def discover(self, session: aiohttp.ClientSession, settings: Settings,
@@ -71,9 +84,10 @@ class Discovery:
         named = [Endpoint.parse(KIND, a, default_port=DEFAULT_PORT, source="config")
                  for a in settings.discovery.ollama_nodes]
         implicit: list[tuple[str, str]] = []
-        if (address := from_ollama_host(env.get("OLLAMA_HOST", ""))) is not None:
-            implicit.append((address, "OLLAMA_HOST"))
-        implicit.append((f"127.0.0.1:{DEFAULT_PORT}", "localhost"))
+        if implicit_nodes_wanted(settings):
+            if (address := from_ollama_host(env.get("OLLAMA_HOST", ""))) is not None:
+                implicit.append((address, "OLLAMA_HOST"))
+            implicit.append((self.localhost, "localhost"))
         timeout = settings.discovery.timeout_s
         known = {e.address for e in named}
         checks = [(a, s) for a, s in implicit if a not in known]
