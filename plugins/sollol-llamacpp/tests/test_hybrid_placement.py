@@ -91,6 +91,8 @@ def test_too_little_free_memory_on_every_holder_shards_with_the_numbers(policy: 
     assert f"needs {needs_whole():.2f} GiB (+10% margin) whole" in decision.reason
     assert "largest node holding it has 3.50 GiB free" in decision.reason
     assert f"sharded over {len(decision.plan.workers)} RPC workers (memory_aware" in decision.reason
+    # the coordinator it needs may take its whole start-up limit before the first token
+    assert decision.startup_s == plugin._state.settings.llamacpp.coordinator_timeout_s == 120.0
 
 
 def test_the_safety_margin_counts(policy: Plugins) -> None:
