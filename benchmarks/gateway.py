@@ -104,9 +104,12 @@ async def _serve_async(role: str, conn: Connection, upstream: str,
             conn.send(node.url)
             await _until_told(conn)
         return
+    # No probe mid-measurement, and the one snapshot never goes stale: on a slow host a run
+    # outlasts health.stale_after_s (30 s) and the node would drop out (404s).
     settings = Settings.load(environ={
         "OLLAMA_NODES": upstream, "SOLLOL_OLLAMA_PARALLEL": str(PARALLEL),
-        "SOLLOL_HEALTH_INTERVAL": "3600", "SOLLOL_HOST": HOST})
+        "SOLLOL_HEALTH_INTERVAL": "3600", "SOLLOL_HOST": HOST},
+        flags={"health.stale_after_s": 7200.0})
     # As `sollol serve` runs it (sollol_core/gateway/serve.py), on a free port.
     limits = limits_of(settings.gateway)
     runner = app_runner(create_app(Router.create(settings)), limits)
