@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
+from sollol_core.attempt import Outcome, outcome_of
 from sollol_core.breaker import Breaker, CircuitState
 from sollol_core.chunks import fold
 from sollol_core.errors import BackendError, QueueFullError
 from sollol_core.queue import AdmissionQueue
-from sollol_core.router import Outcome, outcome_of
 from sollol_core.types import Operation
 
 
