@@ -26,20 +26,22 @@ def fold(operation: Operation, chunks: Sequence[Chunk]) -> dict[str, Any]:
     if operation is Operation.CHAT:
         messages = [c.get("message") or {} for c in chunks]
         message = dict(messages[-1]) or {"role": "assistant"}
-        message["content"] = "".join(str(m.get("content") or "") for m in messages)
-        thinking = "".join(str(m.get("thinking") or "") for m in messages)
-        if thinking:
-            message["thinking"] = thinking
+        _join_text(message, messages, "content")
         calls = [call for m in messages for call in m.get("tool_calls") or ()]
         if calls:
             message["tool_calls"] = calls
         final["message"] = message
     elif operation is Operation.GENERATE:
-        final["response"] = "".join(str(c.get("response") or "") for c in chunks)
-        thinking = "".join(str(c.get("thinking") or "") for c in chunks)
-        if thinking:
-            final["thinking"] = thinking
+        _join_text(final, chunks, "response")
     logprobs = [p for c in chunks for p in c.get("logprobs") or ()]
     if logprobs:
         final["logprobs"] = logprobs
     return final
+
+
+def _join_text(into: dict[str, Any], pieces: Sequence[Chunk], field: str) -> None:
+    """``field`` (always) and ``thinking`` (when any piece thought) joined over ``pieces``."""
+    into[field] = "".join(str(p.get(field) or "") for p in pieces)
+    thinking = "".join(str(p.get("thinking") or "") for p in pieces)
+    if thinking:
+        into["thinking"] = thinking

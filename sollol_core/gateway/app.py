@@ -10,7 +10,7 @@ from aiohttp import web
 from sollol_core.browsers import BrowserGuard
 from sollol_core.convert import unstructure
 from sollol_core.gateway import dashboard, metrics, ollama, openai
-from sollol_core.gateway.common import ROUTER
+from sollol_core.gateway.common import ROUTER, openai_error_body
 from sollol_core.listening import bearer_token, token_accepted
 from sollol_core.plugins import core_version
 from sollol_core.router import Router
@@ -55,11 +55,8 @@ async def _unknown_routes(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
         if request.path.startswith("/v1/"):
-            kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
             message = f"{request.method} {request.path} is not an endpoint of this API"
-            return web.json_response({"error": {"message": message, "type": kind,
-                                                "param": None, "code": None}},
-                                     status=exc.status)
+            return _api_error(request, exc.status, message)
         text = "404 page not found" if exc.status == 404 else "405 method not allowed"
         return web.Response(status=exc.status, text=text, content_type="text/plain",
                             charset="utf-8")
@@ -68,14 +65,9 @@ async def _unknown_routes(request: web.Request, handler: Handler) -> web.StreamR
 def _api_error(request: web.Request, status: int, message: str, code: str | None = None,
                headers: dict[str, str] | None = None) -> web.Response:
     """An error in the shape of the API the path belongs to."""
-    body: object = ({"error": {"message": message, "type": _OPENAI_TYPES.get(status, "api_error"),
-                               "param": None, "code": code}}
+    body: object = (openai_error_body(status, message, code=code)
                     if request.path.startswith("/v1/") else {"error": message})
     return web.json_response(body, status=status, headers=headers)
-
-
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
-                 403: "permission_error", 404: "not_found_error", 415: "invalid_request_error"}
 
 
 @web.middleware

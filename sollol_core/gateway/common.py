@@ -37,6 +37,22 @@ class ApiError(Exception):
     kind: str = ""
 
 
+#: OpenAI's error ``type`` for a status: Ollama's OpenAI layer says ``invalid_request_error``
+#: for 400 and ``not_found_error`` for 404; the statuses only SOLLOL answers get OpenAI's own.
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
+                      403: "permission_error", 404: "not_found_error",
+                      405: "invalid_request_error", 408: "invalid_request_error",
+                      413: "invalid_request_error", 415: "invalid_request_error"}
+
+
+def openai_error_body(status: int, message: str, *, kind: str = "",
+                      code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object; ``type`` follows the status unless ``kind`` says."""
+    return {"error": {"message": message,
+                      "type": kind or OPENAI_ERROR_TYPES.get(status, "api_error"),
+                      "param": None, "code": code}}
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, whatever the Content-Type says (as Ollama does; browsers are
     held to JSON by the gateway's middleware). Bounded in size, in time and in the number of
@@ -137,5 +153,5 @@ def error_for(exc: Exception, request: InferenceRequest, router: Router) -> ApiE
             return ApiError(exc.status, exc.detail or str(exc), headers)
         return ApiError(502, str(exc), headers)
     if isinstance(exc, TimeoutError):
-        return ApiError(504, "the request timed out", headers)
+        return ApiError(504, str(exc) or "the request timed out", headers)
     return ApiError(500, f"internal error: {exc!r}", headers)

@@ -27,6 +27,7 @@ from sollol_core.gateway.common import (
     ApiError,
     check_fields,
     error_for,
+    openai_error_body,
     priority_of,
     read_json,
     routing_headers,
@@ -148,10 +149,7 @@ def _error(exc: ApiError) -> web.Response:
 
 
 def _error_body(exc: ApiError) -> dict[str, Any]:
-    """OpenAI's error object; ``type`` follows the status as in Ollama, unless ``kind`` says."""
-    kind = exc.kind or {400: "invalid_request_error", 404: "not_found_error"}.get(
-        exc.status, "api_error")
-    return {"error": {"message": exc.message, "type": kind, "param": None, "code": None}}
+    return openai_error_body(exc.status, exc.message, kind=exc.kind)
 
 
 class _ClientGone(Exception):
