@@ -186,9 +186,13 @@ async def _relay(request: web.Request, reply: Any, headers: dict[str, str]) -> w
     that leaves mid-stream ends it quietly: the reply is closed at once (the node is released,
     the request recorded as closed early), and there is nobody left to answer."""
     response = web.StreamResponse(headers={**headers, "Content-Type": "application/x-ndjson"})
+    try:
+        await response.prepare(request)
+    except BaseException:  # the client left before the relay began: give the node back now
+        await reply.close(0, "cancelled: the client went away")
+        raise
     async with contextlib.aclosing(aiter(reply)) as chunks:
         try:
-            await response.prepare(request)
             async for chunk in chunks:
                 await response.write(_dumps(chunk).encode() + b"\n")
         except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
