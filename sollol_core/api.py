@@ -6,6 +6,7 @@ is :mod:`sollol_core.sync`.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -65,10 +66,10 @@ class OllamaPool:
                  plugins: Plugins | None = None) -> None:
         settings = settings or Settings.load()
         if nodes:
-            discovery = attrs.evolve(
-                settings.discovery,
-                ollama_nodes=settings.discovery.ollama_nodes + tuple(_address(n) for n in nodes))
-            settings = attrs.evolve(settings, discovery=discovery)
+            ollama = _section("sollol_ollama.settings", "OllamaSettings", "sollol-ollama")
+            own: Any = settings.section(ollama)
+            settings = settings.with_sections(attrs.evolve(
+                own, nodes=own.nodes + tuple(_address(n) for n in nodes)))
         self.router = Router.create(settings, plugins)
         self._started = False
 
@@ -149,6 +150,16 @@ def _gguf_files(given: str | os.PathLike[str] | Mapping[str, str] | None,
     return files if isinstance(given, Mapping) else files[""]
 
 
+def _section(module: str, name: str, distribution: str) -> type:
+    """A backend plugin's settings class; an ImportError naming what to install without it."""
+    try:
+        found: type = getattr(importlib.import_module(module), name)
+    except ImportError:
+        raise ImportError(f"this needs the {distribution} plugin: pip install {distribution}"
+                          ) from None
+    return found
+
+
 async def _relay(reply: Any) -> AsyncIterator[dict[str, Any]]:
     async for chunk in reply:
         yield dict(chunk)
@@ -178,26 +189,21 @@ class HybridRouter:
         if num_rpc_backends < 1:
             raise ValueError(f"num_rpc_backends must be at least 1, got {num_rpc_backends}")
         ggufs = _gguf_files(gguf_path)
+        self._llamacpp = _section("sollol_llamacpp.settings", "LlamacppSettings",
+                                  "sollol-llamacpp")
         if ollama_pool is None:
             ollama_pool = OllamaPool(settings=settings, plugins=plugins)
         current = ollama_pool.router.settings
-        discovery = attrs.evolve(
-            current.discovery,
-            rpc_backends=current.discovery.rpc_backends
-            + tuple(_address(b) for b in rpc_backends or ()))
-        llamacpp = attrs.evolve(
-            current.llamacpp, coordinator_timeout_s=coordinator_timeout,
-            models={**current.llamacpp.models,
-                    **(ggufs if isinstance(ggufs, dict) else {})},
+        own: Any = current.section(self._llamacpp)
+        ollama_pool.router.reconfigure(current.with_sections(attrs.evolve(
+            own, coordinator_timeout_s=coordinator_timeout,
+            rpc_backends=own.rpc_backends + tuple(_address(b) for b in rpc_backends or ()),
+            models={**own.models, **(ggufs if isinstance(ggufs, dict) else {})},
             layer_strategy=layer_strategy,
             distributed_threshold_params=distributed_threshold_params
-            if distributed_threshold_params is not None
-            else current.llamacpp.distributed_threshold_params,
+            if distributed_threshold_params is not None else own.distributed_threshold_params,
             local_workers=num_rpc_backends if enable_distributed and auto_setup_rpc
-            else current.llamacpp.local_workers)
-        ollama_pool.router.settings = attrs.evolve(current, discovery=discovery,
-                                                   llamacpp=llamacpp)
-        ollama_pool.router.fleet.settings = ollama_pool.router.settings
+            else own.local_workers)))
         self.pool = ollama_pool
         self.enable_distributed = enable_distributed
         self.auto_discover_rpc = auto_discover_rpc
@@ -241,14 +247,13 @@ class HybridRouter:
         if self._default_gguf is None or not self.enable_distributed:
             return
         router = self.pool.router
-        if any(model_key(m) == model_key(model) for m in router.settings.llamacpp.models):
+        own: Any = router.settings.section(self._llamacpp)
+        if any(model_key(m) == model_key(model) for m in own.models):
             return
         if any(n.holds(model) for n in router.fleet.snapshot().nodes if n.role is Role.WORKER):
             return
-        llamacpp = router.settings.llamacpp
-        router.settings = attrs.evolve(router.settings, llamacpp=attrs.evolve(
-            llamacpp, models={**llamacpp.models, model: self._default_gguf}))
-        router.fleet.settings = router.settings
+        router.reconfigure(router.settings.with_sections(attrs.evolve(
+            own, models={**own.models, model: self._default_gguf})))
         await router.fleet.refresh()
 
     async def route_request(self, model: str, messages: Sequence[Mapping[str, Any]], *,

@@ -10,22 +10,23 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 import aiohttp
 import click
-from attrs import define
+from attrs import define, field
 from rich.console import Console
 from rich.pretty import Pretty
 
 from sollol_core import render
 from sollol_core.breaker import CircuitSnapshot
-from sollol_core.config import Settings
+from sollol_core.config import Flag, Settings, SettingsSection
 from sollol_core.convert import structure, unstructure
 from sollol_core.errors import ConfigError, SollolError
 from sollol_core.fleet import Fleet
-from sollol_core.plugins import PluginInfo, Plugins
+from sollol_core.plugins import PluginInfo, Plugins, declared_sections
 from sollol_core.types import FleetSnapshot
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -37,9 +38,49 @@ class CliState:
 
     config_path: str | None
     plugins: Plugins
+    sections: list[SettingsSection] = field(factory=list)
 
     def settings(self, **flags: Any) -> Settings:
         return Settings.load(config_path=self.config_path, flags=flags)
+
+    def plugin_flags(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Plugins' options given on the command line, as dotted keys: a list option adds to
+        the configured list ("also use this node")."""
+        found: dict[str, Any] = {}
+        base: Settings | None = None
+        for section in self.sections:
+            for flag in section.flags:
+                value = given.get(_flag_name(section, flag))
+                if value is None or value == ():
+                    continue
+                if isinstance(value, tuple):
+                    base = base or self.settings()
+                    value = tuple(getattr(base.section(section.type), flag.field)) + value
+                found[f"{section.name}.{flag.field}"] = value
+        return found
+
+
+def _flag_name(section: SettingsSection, flag: Flag) -> str:
+    return f"plugin__{section.name}__{flag.field}"
+
+
+def add_plugin_flags(group: click.Group, sections: Sequence[SettingsSection]) -> None:
+    """Give the commands the options that plugins declare in their settings sections."""
+    for section in sections:
+        hints = typing.get_type_hints(section.type)
+        for flag in section.flags:
+            kind = hints.get(flag.field)
+            listed = typing.get_origin(kind) is tuple
+            for name in flag.commands:
+                command = group.commands.get(name)
+                if command is None or any(p.name == _flag_name(section, flag)
+                                          for p in command.params):
+                    continue
+                command.params.append(click.Option(
+                    [flag.option, _flag_name(section, flag)], multiple=listed,
+                    metavar=flag.metavar or None, help=flag.help,
+                    type=None if listed or kind not in (int, float) else kind,
+                    is_flag=kind is bool))
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -89,14 +130,16 @@ def _plugin_packages() -> list[str]:
 @click.option("--api-key", "api_keys", multiple=True,
               help="Require this Bearer token (repeatable).")
 @click.pass_obj
-def serve(state: CliState, host: str | None, port: int | None, api_keys: tuple[str, ...]) -> None:
+def serve(state: CliState, /, host: str | None, port: int | None, api_keys: tuple[str, ...],
+          **plugin_options: Any) -> None:
     """Run the gateway until Ctrl-C."""
     from sollol_core.gateway.serve import run as run_gateway
     from sollol_core.router import Router
 
     settings = state.settings(**{"gateway.host": host, "gateway.port": port,
-                                 "gateway.api_keys": api_keys or None})
-    router = Router.create(settings, state.plugins)
+                                 "gateway.api_keys": api_keys or None},
+                              **state.plugin_flags(plugin_options))
+    router = Router.create(settings)  # plugin objects of its own, built from these settings
     try:
         run_gateway(router, ready=lambda line: click.echo(line, err=True))
     except SollolError as exc:
@@ -128,7 +171,8 @@ def agent(state: CliState, host: str | None, port: int | None, token: str | None
                                  "agent.allow_remote": True if allow_remote else None,
                                  "agent.advertise": advertise, "discovery.agent_token": token})
     try:
-        agent_serve.run(state.plugins, settings, ready=lambda line: click.echo(line, err=True))
+        agent_serve.run(Plugins.load(settings), settings,
+                        ready=lambda line: click.echo(line, err=True))
     except agent_serve.UnsafeAddress as exc:
         fail(str(exc), code=2)
     except SollolError as exc:
@@ -137,25 +181,15 @@ def agent(state: CliState, host: str | None, port: int | None, token: str | None
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--ollama-node", "ollama_nodes", multiple=True, metavar="HOST:PORT",
-              help="Also probe this Ollama node (repeatable).")
-@click.option("--rpc-backend", "rpc_backends", multiple=True, metavar="HOST:PORT",
-              help="Also probe this llama.cpp RPC worker (repeatable).")
 @click.option("--timeout", type=float, help="Seconds to wait for each probe (default 2).")
 @json_option
 @click.pass_obj
-def discover(state: CliState, ollama_nodes: tuple[str, ...], rpc_backends: tuple[str, ...],
-             timeout: float | None, as_json: bool) -> None:
+def discover(state: CliState, /, timeout: float | None, as_json: bool,
+             **plugin_options: Any) -> None:
     """Find nodes once, probe each, and print what they hold."""
-    base = state.settings()
-    settings = state.settings(**{
-        "discovery.ollama_nodes": base.discovery.ollama_nodes + ollama_nodes if ollama_nodes
-        else None,
-        "discovery.rpc_backends": base.discovery.rpc_backends + rpc_backends if rpc_backends
-        else None,
-        "health.timeout_s": timeout,
-    })
-    snapshot = asyncio.run(_discover_once(state.plugins, settings))
+    settings = state.settings(**{"health.timeout_s": timeout},
+                              **state.plugin_flags(plugin_options))
+    snapshot = asyncio.run(_discover_once(Plugins.load(settings), settings))
     if as_json:
         emit_json(unstructure(snapshot))
         return
@@ -173,8 +207,8 @@ def show_fleet(snapshot: FleetSnapshot) -> None:
         console.print(render.nodes_table(snapshot))
     else:
         console.print("No nodes found. Name them with OLLAMA_NODES or RPC_BACKENDS (or "
-                      "\\[discovery] in the config file), and check `sollol plugins` for the "
-                      "backend plugins that find them.")
+                      "\\[ollama] nodes and \\[llamacpp] rpc_backends in the config file), and "
+                      "check `sollol plugins` for the backend plugins that find them.")
     if snapshot.telemetry:
         console.print(render.telemetry_table(snapshot.telemetry))
 
@@ -249,11 +283,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     config_path = _config_path_from(args)
     try:
         settings = Settings.load(config_path=config_path)
-        loaded = Plugins.load(settings.plugins)
+        loaded = Plugins.load(settings)
     except ConfigError as exc:
         fail("\n".join(exc.lines), code=2)
     loaded.register_commands(cli)
-    state = CliState(config_path=config_path, plugins=loaded)
+    sections, _ = declared_sections(settings.plugins)
+    add_plugin_flags(cli, sections)
+    state = CliState(config_path=config_path, plugins=loaded, sections=sections)
     try:
         cli.main(args=args, prog_name="sollol", obj=state, standalone_mode=True)
     except ConfigError as exc:

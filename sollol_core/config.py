@@ -12,7 +12,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +35,22 @@ class InvalidSetting(ValueError):
         self.key = key
 
 
-def _port(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+def port(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 < value < 65536:
         raise InvalidSetting(attribute.name, f"expected a port number 1-65535, got {value}")
 
 
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+def positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise InvalidSetting(attribute.name, f"expected a number above 0, got {value}")
 
 
-def _not_negative(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
+def not_negative(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 0:
         raise InvalidSetting(attribute.name, f"expected 0 or more, got {value}")
 
 
-def _addresses(default_port: int) -> Any:
+def addresses(default_port: int) -> Any:
     def check(_: Any, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
         for item in value:
             try:
@@ -62,7 +62,7 @@ def _addresses(default_port: int) -> Any:
     return check
 
 
-def _networks(_: Any, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+def networks(_: Any, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
     for item in value:
         try:
             ipaddress.ip_network(item, strict=False)
@@ -72,12 +72,12 @@ def _networks(_: Any, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[
             ) from None
 
 
-def _fraction(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
+def fraction(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
     if not 0 <= value < 1:
         raise InvalidSetting(attribute.name, f"expected a fraction from 0 to below 1, got {value}")
 
 
-def _one_of(*allowed: str) -> Any:
+def one_of(*allowed: str) -> Any:
     def check(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
         if value not in allowed:
             raise InvalidSetting(attribute.name,
@@ -86,7 +86,7 @@ def _one_of(*allowed: str) -> Any:
     return check
 
 
-def _names(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
+def names(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
     for item in value or ():
         if not item or any(c.isspace() for c in item):
             raise InvalidSetting(attribute.name, f"expected plugin names, got {item!r}")
@@ -97,13 +97,13 @@ class GatewaySettings:
     """The HTTP gateway (``sollol serve``)."""
 
     host: str = "127.0.0.1"
-    port: int = field(default=DEFAULT_PORT, validator=_port)
+    port: int = field(default=DEFAULT_PORT, validator=port)
     #: Bearer tokens accepted by the gateway; empty means no authentication.
     api_keys: tuple[str, ...] = ()
-    max_body_bytes: int = field(default=32 * 1024 * 1024, validator=_positive)
+    max_body_bytes: int = field(default=32 * 1024 * 1024, validator=positive)
     #: Most JSON values (array items and object members, counted before parsing) in one body:
     #: parsing and checking stay short enough never to stall the event loop.
-    max_json_items: int = field(default=1_000_000, validator=_positive)
+    max_json_items: int = field(default=1_000_000, validator=positive)
     #: Browser origins allowed besides loopback and local apps (Ollama's OLLAMA_ORIGINS form,
     #: ``*`` matches anything: ``https://chat.example.com``, ``http://192.168.1.5:*``).
     allowed_origins: tuple[str, ...] = ()
@@ -111,45 +111,41 @@ class GatewaySettings:
     #: listening on loopback (DNS rebinding guard, as Ollama's).
     allowed_hosts: tuple[str, ...] = ()
     #: A request's header must be complete this long after its first byte (nginx's 60 s).
-    header_timeout_s: float = field(default=60.0, validator=_positive)
+    header_timeout_s: float = field(default=60.0, validator=positive)
     #: An idle connection (before its first request or between requests) is closed after this.
-    keepalive_timeout_s: float = field(default=75.0, validator=_positive)
+    keepalive_timeout_s: float = field(default=75.0, validator=positive)
     #: A request body that does not arrive within this is refused (408).
-    body_timeout_s: float = field(default=60.0, validator=_positive)
+    body_timeout_s: float = field(default=60.0, validator=positive)
     #: Client connections at once; 0: half of this process's open-file limit. Past it the
     #: oldest connection that is not running a request is closed for the new one.
-    max_connections: int = field(default=0, validator=_not_negative)
+    max_connections: int = field(default=0, validator=not_negative)
     #: On SIGINT/SIGTERM, requests still running get this long to finish; a second signal ends
     #: them at once.
-    shutdown_timeout_s: float = field(default=30.0, validator=_positive)
+    shutdown_timeout_s: float = field(default=30.0, validator=positive)
     #: Peers whose ``X-Forwarded-Proto`` is believed (a TLS-terminating proxy on this machine).
-    trusted_proxies: tuple[str, ...] = field(default=("127.0.0.1", "::1"), validator=_networks)
+    trusted_proxies: tuple[str, ...] = field(default=("127.0.0.1", "::1"), validator=networks)
     #: How long a dashboard session cookie stays valid.
-    dashboard_session_s: float = field(default=12 * 3600.0, validator=_positive)
+    dashboard_session_s: float = field(default=12 * 3600.0, validator=positive)
 
 
 @frozen
 class PluginSettings:
     """Which plugins load: ``disable`` blocks names; ``load``, when set, is an allow-list."""
 
-    disable: tuple[str, ...] = field(default=(), validator=_names)
-    load: tuple[str, ...] | None = field(default=None, validator=_names)
+    disable: tuple[str, ...] = field(default=(), validator=names)
+    load: tuple[str, ...] | None = field(default=None, validator=names)
 
 
 @frozen
 class DiscoverySettings:
-    """Where to look for nodes. Backend plugins read the lists that concern their kind."""
+    """Where to look for nodes: what every backend shares. The node lists of each kind are in
+    the backend plugin's own section (``[ollama] nodes``, ``[llamacpp] rpc_backends``)."""
 
-    ollama_nodes: tuple[str, ...] = field(default=(), validator=_addresses(11434))
-    rpc_backends: tuple[str, ...] = field(default=(), validator=_addresses(50052))
-    llamacpp_servers: tuple[str, ...] = field(default=(), validator=_addresses(8080))
-    #: Requests each Ollama node serves at once: its OLLAMA_NUM_PARALLEL (Ollama's default is 1).
-    ollama_parallel: int = field(default=1, validator=_positive)
     #: Networks to sweep for nodes; empty (the default) means no sweep.
-    subnets: tuple[str, ...] = field(default=(), validator=_networks)
-    timeout_s: float = field(default=1.0, validator=_positive)
+    subnets: tuple[str, ...] = field(default=(), validator=networks)
+    timeout_s: float = field(default=1.0, validator=positive)
     #: ``sollol agent`` daemons ("host:port") whose machines' telemetry placement uses.
-    agents: tuple[str, ...] = field(default=(), validator=_addresses(AGENT_PORT))
+    agents: tuple[str, ...] = field(default=(), validator=addresses(AGENT_PORT))
     #: The Bearer token the router sends to agents and agents require (one secret per fleet).
     #: Empty: the token in ``agent_token_file``, which an agent creates when it is missing.
     agent_token: str = ""
@@ -166,71 +162,71 @@ class AgentSettings:
     """``sollol agent``: this machine's telemetry and RPC workers, served to a router."""
 
     host: str = "127.0.0.1"
-    port: int = field(default=AGENT_PORT, validator=_port)
+    port: int = field(default=AGENT_PORT, validator=port)
     #: The address the router reaches this machine by, given in worker endpoints; empty: the
     #: bind address, or this machine's outgoing address when binding all interfaces.
     advertise: str = ""
     #: Binding anything but loopback needs this (and a token): the agent starts processes.
     allow_remote: bool = False
     #: RPC workers this agent runs at most, all routers together; 0: one per CPU core.
-    max_workers: int = field(default=0, validator=_not_negative)
+    max_workers: int = field(default=0, validator=not_negative)
 
 
 @frozen
 class HealthSettings:
     """The probe schedule."""
 
-    interval_s: float = field(default=5.0, validator=_positive)
-    timeout_s: float = field(default=2.0, validator=_positive)
+    interval_s: float = field(default=5.0, validator=positive)
+    timeout_s: float = field(default=2.0, validator=positive)
     #: A snapshot older than this counts as unknown.
-    stale_after_s: float = field(default=30.0, validator=_positive)
+    stale_after_s: float = field(default=30.0, validator=positive)
 
 
 @frozen
 class RoutingSettings:
     """Request handling."""
 
-    max_attempts: int = field(default=3, validator=_positive)
-    request_timeout_s: float = field(default=300.0, validator=_positive)
+    max_attempts: int = field(default=3, validator=positive)
+    request_timeout_s: float = field(default=300.0, validator=positive)
     #: Time to an attempt's first chunk (model load and prompt included); raised by the
     #: placement's start-up allowance (a coordinator's load) and by a request's own timeout.
-    first_token_timeout_s: float = field(default=60.0, validator=_positive)
+    first_token_timeout_s: float = field(default=60.0, validator=positive)
     #: After the first chunk, a node silent this long is taken as hung (a healthy generation
     #: of any length is never cut while it keeps sending).
-    silence_timeout_s: float = field(default=60.0, validator=_positive)
-    queue_size: int = field(default=256, validator=_positive)
+    silence_timeout_s: float = field(default=60.0, validator=positive)
+    queue_size: int = field(default=256, validator=positive)
     #: Priority levels a waiting request gains per second, so low priority never starves.
-    aging_per_s: float = field(default=0.5, validator=_positive)
+    aging_per_s: float = field(default=0.5, validator=positive)
 
 
 @frozen
-class LlamacppSettings:
-    """llama.cpp: binaries, models available for sharding, coordinators."""
+class Flag:
+    """A command-line option that sets one field of a plugin's section."""
 
-    #: Directory holding llama-server and the RPC worker; searched before PATH and the cache.
-    bin_dir: str = ""
-    #: Models a coordinator can load: name -> GGUF path (besides the local Ollama store).
-    models: dict[str, str] = field(factory=dict)
-    #: Models always sharded over RPC workers, even when a node could hold them whole.
-    shard: tuple[str, ...] = ()
-    coordinator_timeout_s: float = field(default=120.0, validator=_positive)
-    #: A coordinator unused this long is stopped and its workers freed.
-    idle_unload_s: float = field(default=600.0, validator=_positive)
-    context_size: int = field(default=4096, validator=_positive)
-    parallel: int = field(default=2, validator=_positive)
-    #: RPC workers to start on this machine with the router (0: use only the ones named).
-    local_workers: int = 0
-    #: RPC workers the router asks each agent (``discovery.agents``) to run while it runs.
-    agent_workers: int = field(default=0, validator=_not_negative)
-    #: Workers a split uses at the least when that many are free (a split over one is no split).
-    min_shard_workers: int = field(default=2, validator=_positive)
-    #: Models with at least this many parameters are sharded even if a node holds them whole.
-    distributed_threshold_params: float | None = None
-    #: How layers are split: in proportion to free memory, or evenly.
-    layer_strategy: str = field(default="memory_aware", validator=_one_of("memory_aware", "even"))
-    #: Room kept free when deciding that a model fits a node whole (0.1: it needs 110 % of its
-    #: estimate free on that node); nodes whose free memory nobody measured are trusted.
-    memory_margin: float = field(default=0.1, validator=_fraction)
+    #: The option, e.g. ``--ollama-node``.
+    option: str
+    #: The field of the section it sets.
+    field: str
+    help: str
+    metavar: str = ""
+    #: The ``sollol`` subcommands that take it.
+    commands: tuple[str, ...] = ("serve", "discover")
+
+
+@frozen
+class SettingsSection:
+    """A plugin's own part of the settings: the TOML table ``[name]``, its environment
+    variables and command-line options, checked like the core's (one line per bad value)."""
+
+    name: str
+    #: An attrs class whose every field has a default; validators raise
+    #: :class:`InvalidSetting` (or ``ValueError``) to reject a value.
+    type: type
+    #: Environment variable -> field. A ``SOLLOL_`` name wins over any other for the same field.
+    environment: Mapping[str, str] = field(factory=dict)
+    #: Keys of older releases (dotted, e.g. ``discovery.ollama_nodes``) -> field: still read.
+    moved: Mapping[str, str] = field(factory=dict)
+    flags: tuple[Flag, ...] = ()
 
 
 @frozen
@@ -240,23 +236,48 @@ class Settings:
     discovery: DiscoverySettings = field(factory=DiscoverySettings)
     health: HealthSettings = field(factory=HealthSettings)
     routing: RoutingSettings = field(factory=RoutingSettings)
-    llamacpp: LlamacppSettings = field(factory=LlamacppSettings)
     agent: AgentSettings = field(factory=AgentSettings)
+    #: The plugins' sections, by their type (see :meth:`section`).
+    sections: Mapping[type, Any] = field(factory=dict)
+
+    def section(self, kind: type[T]) -> T:
+        """A plugin's settings; its defaults when they were not loaded (a plugin built in code)."""
+        found = self.sections.get(kind)
+        return found if found is not None else kind()
+
+    def with_sections(self, *values: Any) -> Settings:
+        """A copy with these plugin sections replacing those of the same types."""
+        return attrs.evolve(self, sections={**self.sections, **{type(v): v for v in values}})
 
     @classmethod
     def load(cls, *, config_path: str | os.PathLike[str] | None = None,
              environ: Mapping[str, str] | None = None,
-             flags: Mapping[str, Any] | None = None) -> Settings:
-        """Merge defaults, the TOML file, the environment and flags (dotted keys), then check."""
+             flags: Mapping[str, Any] | None = None,
+             sections: Sequence[SettingsSection] | None = None) -> Settings:
+        """Merge defaults, the TOML file, the environment and flags (dotted keys), then check.
+
+        ``sections``: the plugins' sections; by default those of the plugins these settings
+        allow (``[plugins]``), found through their entry points."""
         env = os.environ if environ is None else environ
-        layers: list[tuple[str, dict[str, Any]]] = []
         path = config_path or env.get("SOLLOL_CONFIG")
-        if path:
-            layers.append((f"config file {path}", _read_toml(Path(path))))
-        for variable, key, value in _from_environment(env):
-            layers.append((variable, _nest({key: value})))
-        layers.append(("command line", _nest(flags or {})))
-        return _structure(layers)
+        file = [(f"config file {path}", _read_toml(Path(path)))] if path else []
+        flag_layer = [("command line", _nest(flags or {}))]
+        ignored: frozenset[str] = frozenset()
+        if sections is None:
+            from sollol_core.plugins import declared_sections  # the plugins depend on this module
+
+            core_only = _environment_layers(env, ENVIRONMENT, ())
+            merged, origin = _merge([*file, *core_only, *flag_layer])
+            allowed = _structure_part(merged.get("plugins", {}), PluginSettings, "plugins",
+                                      origin)
+            sections, ignored = declared_sections(allowed)
+        table = {**ENVIRONMENT, **{name: f"{s.name}.{key}" for s in sections
+                                   for name, key in s.environment.items()}}
+        layers = [*file, *_environment_layers(env, table, sections), *flag_layer]
+        return _structure(layers, sections, ignored)
+
+
+T = typing.TypeVar("T")
 
 
 #: Environment variables and the setting each sets. The SOLLOL_ name wins over a legacy alias.
@@ -277,11 +298,6 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_DASHBOARD_SESSION": "gateway.dashboard_session_s",
     "SOLLOL_DISABLE_PLUGINS": "plugins.disable",
     "SOLLOL_LOAD_PLUGINS": "plugins.load",
-    "SOLLOL_OLLAMA_NODES": "discovery.ollama_nodes",
-    "OLLAMA_NODES": "discovery.ollama_nodes",
-    "SOLLOL_RPC_BACKENDS": "discovery.rpc_backends",
-    "RPC_BACKENDS": "discovery.rpc_backends",
-    "SOLLOL_LLAMACPP_SERVERS": "discovery.llamacpp_servers",
     "SOLLOL_SUBNETS": "discovery.subnets",
     "SOLLOL_DISCOVERY_TIMEOUT": "discovery.timeout_s",
     "SOLLOL_AGENTS": "discovery.agents",
@@ -300,16 +316,6 @@ ENVIRONMENT: dict[str, str] = {
     "SOLLOL_SILENCE_TIMEOUT": "routing.silence_timeout_s",
     "SOLLOL_QUEUE_SIZE": "routing.queue_size",
     "SOLLOL_PRIORITY_AGING": "routing.aging_per_s",
-    "SOLLOL_OLLAMA_PARALLEL": "discovery.ollama_parallel",
-    "SOLLOL_LLAMACPP_BIN_DIR": "llamacpp.bin_dir",
-    "SOLLOL_SHARD_MODELS": "llamacpp.shard",
-    "SOLLOL_COORDINATOR_TIMEOUT": "llamacpp.coordinator_timeout_s",
-    "SOLLOL_IDLE_UNLOAD": "llamacpp.idle_unload_s",
-    "SOLLOL_LOCAL_WORKERS": "llamacpp.local_workers",
-    "SOLLOL_AGENT_WORKERS": "llamacpp.agent_workers",
-    "SOLLOL_MIN_SHARD_WORKERS": "llamacpp.min_shard_workers",
-    "SOLLOL_LAYER_STRATEGY": "llamacpp.layer_strategy",
-    "SOLLOL_DISTRIBUTED_THRESHOLD_PARAMS": "llamacpp.distributed_threshold_params",
 }
 
 
@@ -325,28 +331,34 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"config file {path}: not valid TOML: {exc}"]) from None
 
 
-def _from_environment(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
-    """(variable, dotted key, parsed value) in the order to apply them."""
-    found: list[tuple[str, str, Any]] = []
+def _environment_layers(env: Mapping[str, str], table: Mapping[str, str],
+                        sections: Sequence[SettingsSection]) -> list[tuple[str, dict[str, Any]]]:
+    """One layer per variable set, in the order to apply them: other names first, so that a
+    ``SOLLOL_`` name, applied later, wins."""
+    layers: list[tuple[str, dict[str, Any]]] = []
     problems: list[str] = []
-    # Legacy aliases first so that the SOLLOL_ name, applied later, wins.
-    for name in sorted(ENVIRONMENT, key=lambda n: n.startswith("SOLLOL_")):
+    for name in sorted(table, key=lambda n: n.startswith("SOLLOL_")):
         if name not in env:
             continue
-        key = ENVIRONMENT[name]
+        key = table[name]
         try:
-            found.append((name, key, _parse_text(env[name], _field_type(key))))
+            value = _parse_text(env[name], _field_type(key, sections))
         except ValueError as exc:
             problems.append(f"{name}: {key}: {exc}, got {env[name]!r}")
+            continue
+        layers.append((name, _nest({key: value})))
     if problems:
         raise ConfigError(problems)
-    return found
+    return layers
 
 
-def _field_type(dotted: str) -> Any:
-    cls: Any = Settings
+def _field_type(dotted: str, sections: Sequence[SettingsSection]) -> Any:
+    head, _, rest = dotted.partition(".")
+    cls: Any = next((s.type for s in sections if s.name == head), None)
+    parts = rest.split(".") if cls is not None else dotted.split(".")
+    cls = cls or Settings
     kind: Any = None
-    for part in dotted.split("."):
+    for part in parts:
         kind = typing.get_type_hints(cls)[part]
         cls = kind
     return kind
@@ -395,7 +407,9 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def _structure(layers: list[tuple[str, dict[str, Any]]]) -> Settings:
+def _merge(layers: Sequence[tuple[str, Mapping[str, Any]]],
+           ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The layers merged, later ones winning, and where each dotted key's value came from."""
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
 
@@ -411,13 +425,55 @@ def _structure(layers: list[tuple[str, dict[str, Any]]]) -> Settings:
 
     for source, data in layers:
         merge(merged, data, source, "")
+    return merged, origin
+
+
+def _structure_part(data: Any, cls: type[T], prefix: str, origin: Mapping[str, str]) -> T:
+    """``data`` as ``cls``; its errors as lines naming the key and where it came from."""
     try:
-        return convert.structure(merged, Settings)
+        return convert.structure(data, cls)
     except Exception as exc:
-        lines = []
-        for key, message in convert.error_lines(exc):
-            bare = key.split("[", 1)[0]
-            where = origin.get(bare) or next(
-                (s for k, s in origin.items() if k.startswith(f"{bare}.")), "settings")
-            lines.append(f"{where}: {key}: {message}")
-        raise ConfigError(lines or [str(exc)]) from None
+        raise ConfigError(_error_lines(exc, prefix, origin)) from None
+
+
+def _error_lines(exc: Exception, prefix: str, origin: Mapping[str, str]) -> list[str]:
+    lines = []
+    for key, message in convert.error_lines(exc):
+        key = f"{prefix}.{key}" if prefix else key
+        bare = key.split("[", 1)[0]
+        where = origin.get(bare) or next(
+            (s for k, s in origin.items() if k.startswith(f"{bare}.")), "settings")
+        lines.append(f"{where}: {key}: {message}")
+    return lines or [str(exc)]
+
+
+def _structure(layers: list[tuple[str, dict[str, Any]]], sections: Sequence[SettingsSection],
+               ignored: frozenset[str]) -> Settings:
+    merged, origin = _merge(layers)
+    for section in sections:  # keys of older releases, where the plugin's own are not set
+        for old, name in section.moved.items():
+            parent, _, leaf = old.rpartition(".")
+            table = merged.get(parent) if parent else merged
+            if isinstance(table, dict) and leaf in table:
+                value = table.pop(leaf)
+                own = merged.setdefault(section.name, {})
+                if isinstance(own, dict) and name not in own:
+                    own[name] = value
+                    origin[f"{section.name}.{name}"] = origin.get(old, "settings")
+    lines: list[str] = []
+    values: dict[type, Any] = {}
+    for section in sections:
+        data = merged.pop(section.name, {})
+        try:
+            values[section.type] = _structure_part(data, section.type, section.name, origin)
+        except ConfigError as exc:
+            lines += list(exc.lines)
+    for name in ignored:  # the section of a plugin these settings do not load
+        merged.pop(name, None)
+    try:
+        settings = _structure_part(merged, Settings, "", origin)
+    except ConfigError as exc:
+        lines = [*exc.lines, *lines]
+    if lines:
+        raise ConfigError(lines)
+    return attrs.evolve(settings, sections=values)

@@ -7,8 +7,10 @@ an error, not a silent coercion (``"8000"`` is not an int, ``1`` is not a bool).
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.errors import (
     AttributeValidationNote,
@@ -17,7 +19,7 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 T = TypeVar("T")
 
@@ -96,6 +98,30 @@ def _strict_sequence(kind: Any) -> Any:
 
 
 converter.register_structure_hook_factory(_is_sequence_type, _strict_sequence)
+
+
+def _by_type(kind: Any) -> bool:
+    """``Mapping[type, Any]``: plugin sections and facts, keyed by their classes; never data."""
+    return bool(kind == typing.Mapping[type, Any] or kind == Mapping[type, Any])
+
+
+def _refuse_by_type(value: Any, _: Any) -> Any:
+    raise ValueError("not a setting (a plugin's section is a table of its own name)")
+
+
+def _by_type_fields(cls: Any) -> list[str]:
+    if not attrs.has(cls):
+        return []
+    return [f.name for f in attrs.fields(attrs.resolve_types(cls)) if _by_type(f.type)]
+
+
+converter.register_structure_hook_func(_by_type, _refuse_by_type)
+# Classes holding such a mapping are shown without it (a fleet snapshot's facts).
+converter.register_unstructure_hook_factory(
+    lambda cls: bool(_by_type_fields(cls)),
+    lambda cls: make_dict_unstructure_fn(
+        cls, converter, **{name: override(omit=True)  # type: ignore[arg-type]
+                           for name in _by_type_fields(cls)}))
 
 
 def structure(data: Any, cls: type[T]) -> T:

@@ -41,7 +41,8 @@ class Fleet:
         horizon = time.time() - self.settings.health.stale_after_s
         nodes = tuple(n for n in self._nodes.values() if n.taken_at >= horizon)
         return FleetSnapshot(nodes=nodes, telemetry=self._telemetry,
-                             performance=self.performance.snapshot(), local_host=self._local_host)
+                             performance=self.performance.snapshot(), local_host=self._local_host,
+                             facts=self.plugins.fleet_facts())
 
     def add(self, endpoint: Endpoint) -> None:
         """Track an endpoint that discovery would not find (e.g. one the Python API was given)."""

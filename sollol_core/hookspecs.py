@@ -17,15 +17,17 @@ The one caller of these hooks is :mod:`sollol_core.plugins`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import click
 import pluggy
 from aiohttp import web
+from prometheus_client.core import Metric
 
-from sollol_core.config import Settings
+from sollol_core.config import Settings, SettingsSection
+from sollol_core.panels import Panel
 from sollol_core.types import (
     AttemptRecord,
     Decision,
@@ -102,17 +104,32 @@ def sollol_collect_telemetry(
 
 
 @hookspec(firstresult=True)
-def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
+def sollol_place(request: InferenceRequest, fleet: FleetSnapshot,
+                 settings: Settings) -> Decision | None:
     """Choose where a request runs: one endpoint, or a shard plan over RPC workers.
 
     :param request: the request to place (model, operation, priority, body).
     :param fleet: a frozen snapshot of every known node and the latest telemetry.
+    :param settings: the router's settings (a plugin's own are ``settings.section(Type)``).
 
     Called once per attempt of every request, on the request path: it must be pure, synchronous
-    and fast, and do no I/O. firstresult: the first policy that returns a
-    :class:`~sollol_core.types.Decision` wins; return ``None`` to defer to the next policy. This is
-    where third-party policies plug in; the built-in default is registered ``trylast``. A decision
-    must name its policy and give a reason a person can read.
+    and fast, and do no I/O; everything it weighs arrives in its arguments (what a plugin learns,
+    such as a model's size, reaches placement in the snapshot). firstresult: the first policy
+    that returns a :class:`~sollol_core.types.Decision` wins; return ``None`` to defer to the
+    next policy. This is where third-party policies plug in; the built-in default is registered
+    ``trylast``. A decision must name its policy and give a reason a person can read.
+    """
+
+
+@hookspec
+def sollol_fleet_facts() -> object | None:
+    """What this plugin has learnt that its placement weighs, as one frozen value.
+
+    Called each time the core takes a fleet snapshot (for every decision): return the same
+    object until something changed (cache it; build a new one on change), or ``None``. The
+    value reaches every :func:`sollol_place` in ``fleet.facts``, by its type:
+    ``fleet.fact(MyFacts)``. This keeps placement a pure function of its arguments while a
+    plugin learns (a model's size, the workers its processes hold). No I/O.
     """
 
 
@@ -253,6 +270,39 @@ def sollol_lifespan(settings: Settings) -> AbstractAsyncContextManager[None] | N
 
 
 # -- registration ------------------------------------------------------------------------------
+
+
+@hookspec
+def sollol_settings_sections() -> SettingsSection | Sequence[SettingsSection] | None:
+    """Declare this plugin's own settings: a TOML table, its environment variables and options.
+
+    Called before any plugin object exists (on the module, or on the class an entry point
+    names: make it a ``staticmethod``), whenever settings are loaded. The core reads the section
+    with the same precedence (flags > environment > file > defaults) and the same one-line
+    errors as its own, and hands the values to the plugin in every ``settings`` argument:
+    ``settings.section(MySettings)``. Return one
+    :class:`~sollol_core.config.SettingsSection`, several, or ``None``. Pure: no I/O.
+    """
+
+
+@hookspec
+def sollol_metrics() -> Iterable[Metric] | None:
+    """Prometheus metric families for the gateway's ``/metrics``.
+
+    Called at each scrape. Return ``prometheus_client.core`` families (``GaugeMetricFamily``...)
+    describing what this plugin runs, or ``None``. Must be quick and do no I/O; a failure is
+    logged and skipped.
+    """
+
+
+@hookspec
+def sollol_dashboard_panels() -> Panel | Sequence[Panel] | None:
+    """Tables this plugin adds to the gateway's dashboard (:class:`~sollol_core.panels.Panel`).
+
+    Called for every dashboard update (about once a second while a page is open). Must be quick
+    and do no I/O; a failure is logged and skipped.
+    """
+
 
 
 @hookspec

@@ -3,6 +3,11 @@
 Nothing is loaded when this module is imported. :meth:`Plugins.load` registers the built-in
 plugins, then the ``sollol`` entry points that the settings allow, then checks every
 implementation against :mod:`sollol_core.hookspecs`.
+
+An entry point names a module (registered as it is: a stateless plugin) or a class or factory,
+called with the router's :class:`~sollol_core.config.Settings` to build a plugin object for that
+router alone (as pytest registers ``TerminalReporter(config)``). Each router loads its own
+:class:`Plugins`, so two routers in one process share no plugin state.
 """
 
 from __future__ import annotations
@@ -13,16 +18,19 @@ import importlib.metadata
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from types import MappingProxyType, ModuleType
+from typing import Any, Literal, TypeVar, cast
 
 import click
 import pluggy
 from attrs import define, frozen
+from prometheus_client.core import Metric
 
 from sollol_core import hookspecs
-from sollol_core.config import PluginSettings, Settings
+from sollol_core.config import ENVIRONMENT, PluginSettings, Settings, SettingsSection
 from sollol_core.errors import PluginError
 from sollol_core.hookspecs import Chunk
+from sollol_core.panels import Panel
 from sollol_core.types import (
     AttemptRecord,
     Decision,
@@ -37,12 +45,14 @@ from sollol_core.types import (
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "sollol"
+T = TypeVar("T")
+_DEFAULT_SETTINGS = Settings()
 
 #: Default plugins, registered like any other and blockable by these names.
-BUILTIN_PLUGINS: dict[str, str] = {
+BUILTIN_PLUGINS: Mapping[str, str] = MappingProxyType({
     "builtin-placement": "sollol_core.builtin.placement",
-    "builtin-agents": "sollol_core.builtin.agents",
-}
+    "builtin-agents": "sollol_core.builtin.agents:AgentTelemetry",
+})
 
 PluginState = Literal["enabled", "blocked", "not allowed", "failed"]
 
@@ -74,42 +84,45 @@ class Plugins:
         return cls(pm=pm, infos=[])
 
     @classmethod
-    def load(cls, settings: PluginSettings | None = None, *,
+    def load(cls, settings: Settings | PluginSettings | None = None, *,
              extra: Iterable[tuple[str, object]] = ()) -> Plugins:
-        """Built-ins, then allowed entry points, then ``extra`` (name, plugin) pairs; checked."""
-        settings = settings or PluginSettings()
+        """Built-ins, then allowed entry points, then ``extra`` (name, plugin) pairs; checked.
+
+        Classes and factories among them are called with ``settings`` (the router's), so each
+        call gives new plugin objects."""
+        if not isinstance(settings, Settings):
+            settings = Settings(plugins=settings or PluginSettings())
         self = cls.empty()
-        blocked = set(settings.disable)
-        for name in blocked:
+        for name in settings.plugins.disable:
             self.pm.set_blocked(name)
-        for name, module in BUILTIN_PLUGINS.items():
-            if name in blocked:
-                self.infos.append(PluginInfo(name, "blocked", "sollol-core"))
+        for source in _sources(settings.plugins):
+            if source.state != "enabled":
+                self.infos.append(PluginInfo(source.name, source.state, source.dist,
+                                             source.version, error=source.error))
                 continue
-            self._register(name, importlib.import_module(module), "sollol-core", core_version())
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = ep.dist.name if ep.dist else ""
-            version = ep.dist.version if ep.dist else ""
-            if ep.name in blocked:
-                self.infos.append(PluginInfo(ep.name, "blocked", dist, version))
-                continue
-            if settings.load is not None and ep.name not in settings.load:
-                self.infos.append(PluginInfo(ep.name, "not allowed", dist, version))
-                continue
-            if self.pm.has_plugin(ep.name):
+            if self.pm.has_plugin(source.name):
                 continue  # the same distribution seen twice on sys.path
             try:
-                plugin = ep.load()
+                plugin = _built(source.target, settings)
             except Exception as exc:  # a broken plugin must not take the router down
-                log.warning("plugin %s failed to load: %s", ep.name, exc)
-                self.infos.append(PluginInfo(ep.name, "failed", dist, version, error=repr(exc)))
+                log.warning("plugin %s failed to start: %s", source.name, exc)
+                self.infos.append(PluginInfo(source.name, "failed", source.dist, source.version,
+                                             error=repr(exc)))
                 continue
-            self._register(ep.name, plugin, dist, version)
+            self._register(source.name, plugin, source.dist, source.version)
         for name, plugin in extra:
-            if name not in blocked:
-                self._register(name, plugin, "", "")
+            if name not in settings.plugins.disable:
+                self._register(name, _built(plugin, settings), "", "")
         self.pm.check_pending()
         return self
+
+    def get(self, kind: type[T]) -> T | None:
+        """The registered plugin object of this class (e.g. to ask the llama.cpp plugin about
+        its coordinators), or None."""
+        for _, plugin in self.pm.list_name_plugin():
+            if isinstance(plugin, kind):
+                return plugin
+        return None
 
     def register(self, name: str, plugin: object) -> None:
         """Add one plugin object after loading (tests, embedding applications)."""
@@ -165,9 +178,20 @@ class Plugins:
                 merged[report.host] = report if known is None else known.merged_with(report)
         return list(merged.values())
 
-    def place(self, request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
-        decision: Decision | None = self.pm.hook.sollol_place(request=request, fleet=fleet)
+    def place(self, request: InferenceRequest, fleet: FleetSnapshot,
+              settings: Settings | None = None) -> Decision | None:
+        decision: Decision | None = self.pm.hook.sollol_place(
+            request=request, fleet=fleet, settings=settings or _DEFAULT_SETTINGS)
         return decision
+
+    def fleet_facts(self) -> dict[type, Any]:
+        """Every plugin's facts for placement, by type (on the request path: no pluggy loop)."""
+        facts: dict[type, Any] = {}
+        for impl in self.pm.hook.sollol_fleet_facts.get_hookimpls():
+            fact = impl.function()
+            if fact is not None:
+                facts[type(fact)] = fact
+        return facts
 
     def execute(self, request: InferenceRequest, decision: Decision,
                 settings: Settings) -> AsyncIterator[Chunk] | None:
@@ -244,6 +268,112 @@ class Plugins:
 
     def register_commands(self, cli: click.Group) -> None:
         self.pm.hook.sollol_register_commands(cli=cli)
+
+    def settings_sections(self) -> list[SettingsSection]:
+        """Every plugin's own settings sections."""
+        found: list[SettingsSection] = []
+        for result in self.pm.hook.sollol_settings_sections():
+            found += [result] if isinstance(result, SettingsSection) else list(result or ())
+        return found
+
+    def metrics(self) -> list[Metric]:
+        """Every plugin's Prometheus metric families, read at scrape time."""
+        found: list[Metric] = []
+        for impl in reversed(self.pm.hook.sollol_metrics.get_hookimpls()):
+            try:
+                metrics = cast("Iterable[Metric] | None", impl.function()) or ()
+                found += list(metrics)
+            except Exception as exc:  # one plugin's failure must not hide the others'
+                log.warning("sollol_metrics: plugin %s failed: %r", impl.plugin_name, exc)
+        return found
+
+    def dashboard_panels(self) -> list[Panel]:
+        """Every plugin's dashboard panels, in registration order."""
+        found: list[Panel] = []
+        for impl in reversed(self.pm.hook.sollol_dashboard_panels.get_hookimpls()):
+            try:
+                result = cast("Panel | Sequence[Panel] | None", impl.function())
+            except Exception as exc:
+                log.warning("sollol_dashboard_panels: plugin %s failed: %r",
+                            impl.plugin_name, exc)
+                continue
+            found += [result] if isinstance(result, Panel) else list(result or ())
+        return found
+
+
+@frozen
+class _Source:
+    """One plugin to load: a built-in or an entry point, and whether the settings allow it."""
+
+    name: str
+    state: PluginState
+    dist: str
+    version: str
+    target: object = None
+    error: str = ""
+
+
+def _sources(settings: PluginSettings) -> Iterable[_Source]:
+    """The built-ins, then the ``sollol`` entry points, loaded where the settings allow."""
+    blocked = set(settings.disable)
+    for name, where in BUILTIN_PLUGINS.items():
+        if name in blocked:
+            yield _Source(name, "blocked", "sollol-core", core_version())
+        else:
+            yield _Source(name, "enabled", "sollol-core", core_version(), _import(where))
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else ""
+        version = ep.dist.version if ep.dist else ""
+        if ep.name in blocked:
+            yield _Source(ep.name, "blocked", dist, version)
+        elif settings.load is not None and ep.name not in settings.load:
+            yield _Source(ep.name, "not allowed", dist, version)
+        else:
+            try:
+                yield _Source(ep.name, "enabled", dist, version, ep.load())
+            except Exception as exc:  # a broken plugin must not take the router down
+                log.warning("plugin %s failed to load: %s", ep.name, exc)
+                yield _Source(ep.name, "failed", dist, version, error=repr(exc))
+
+
+def _import(where: str) -> object:
+    module, _, attribute = where.partition(":")
+    found: object = importlib.import_module(module)
+    for part in attribute.split(".") if attribute else ():
+        found = getattr(found, part)
+    return found
+
+
+def _built(target: object, settings: Settings) -> object:
+    """A module as it is; a class or factory called with the router's settings."""
+    if isinstance(target, ModuleType) or not callable(target):
+        return target
+    return target(settings)
+
+
+def declared_sections(
+        settings: PluginSettings) -> tuple[list[SettingsSection], frozenset[str]]:
+    """The settings sections of the plugins ``settings`` allow, read before any plugin object
+    exists (from the modules, classes and factories the entry points name), and the names of
+    installed plugins that they do not load, whose sections are left unread."""
+    declaring = Plugins.empty()
+    skipped: set[str] = set()
+    for source in _sources(settings):
+        if source.state != "enabled":
+            skipped.add(source.name)
+            continue
+        try:
+            declaring.pm.register(source.target, name=source.name)
+        except Exception as exc:  # reported by Plugins.load; its settings cannot be read
+            log.warning("plugin %s cannot declare its settings: %s", source.name, exc)
+    return declaring.settings_sections(), frozenset(skipped)
+
+
+def environment_variables() -> list[str]:
+    """Every environment variable that sets a setting: the core's and every installed
+    plugin's (for tests that clear them)."""
+    sections, _ = declared_sections(PluginSettings())
+    return [*ENVIRONMENT, *(name for s in sections for name in s.environment)]
 
 
 def _arguments(impl: pluggy.HookImpl, **kwargs: Any) -> dict[str, Any]:

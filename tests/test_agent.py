@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from attrs import evolve
+from sollol_llamacpp.settings import LlamacppSettings
 
 from sollol_core.agent.app import advertised_host, create_agent_app
 from sollol_core.config import AgentSettings, PluginSettings, Settings
@@ -154,7 +155,7 @@ def test_agent_settings_from_the_environment() -> None:
     assert settings.discovery.agents == ("10.0.0.7", "gpu-box:9000")
     assert settings.discovery.agent_token == "t"
     assert settings.agent.port == 9001
-    assert settings.llamacpp.agent_workers == 2
+    assert settings.section(LlamacppSettings).agent_workers == 2
     from sollol_core.agent.client import agent_endpoints
 
     assert [e.address for e in agent_endpoints(settings)] == ["10.0.0.7:11436", "gpu-box:9000"]

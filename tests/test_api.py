@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+from sollol_llamacpp.settings import LlamacppSettings
 
 from sollol_core import HybridRouter, OllamaPool, Priority, sync
 from sollol_core.config import PluginSettings
@@ -86,7 +87,7 @@ async def test_hybrid_router_routes_and_counts() -> None:
         stats = router.get_stats()
     assert response["_routing"]["node"] == "a:11434"
     assert stats["requests"] == 1 and stats["distributed_requests"] == 0
-    assert pool.router.settings.discovery.rpc_backends == ("127.0.0.1:50052",)
+    assert pool.router.settings.section(LlamacppSettings).rpc_backends == ("127.0.0.1:50052",)
 
 
 def test_hybrid_router_rejects_an_unknown_layer_strategy() -> None:

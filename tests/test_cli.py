@@ -66,7 +66,7 @@ def test_discover_prints_the_fleet_as_json_and_as_a_table() -> None:
 
 @pytest.mark.parametrize(("env", "args", "message"), [
     ({"SOLLOL_PORT": "eighty"}, ["discover"], "SOLLOL_PORT: gateway.port: expected an integer"),
-    ({"RPC_BACKENDS": "host:port"}, ["plugins"], "RPC_BACKENDS: discovery.rpc_backends"),
+    ({"RPC_BACKENDS": "host:port"}, ["plugins"], "RPC_BACKENDS: llamacpp.rpc_backends"),
     ({}, ["serve", "--port", "0"], "command line: gateway.port: expected a port number"),
     ({}, ["--config", "/nonexistent/sollol.toml", "discover"], "not found"),
 ])

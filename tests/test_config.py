@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sollol_llamacpp.settings import LlamacppSettings
+from sollol_ollama.settings import OllamaSettings
 
 from sollol_core.config import DEFAULT_PORT, Settings
 from sollol_core.errors import ConfigError
@@ -45,21 +47,30 @@ def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
 
 
 def test_config_file_named_by_environment(tmp_path: Path) -> None:
-    path = write(tmp_path, "[discovery]\nollama_nodes = ['10.0.0.5:11434']\n")
+    path = write(tmp_path, "[ollama]\nnodes = ['10.0.0.5:11434']\n")
     settings = Settings.load(environ={"SOLLOL_CONFIG": str(path)})
-    assert settings.discovery.ollama_nodes == ("10.0.0.5:11434",)
+    assert settings.section(OllamaSettings).nodes == ("10.0.0.5:11434",)
+
+
+def test_keys_of_older_releases_still_set_the_plugins_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, "[discovery]\nollama_nodes = ['10.0.0.5:11434']\n"
+                           "rpc_backends = ['10.0.0.6']\n")
+    settings = Settings.load(config_path=path, environ={})
+    assert settings.section(OllamaSettings).nodes == ("10.0.0.5:11434",)
+    assert settings.section(LlamacppSettings).rpc_backends == ("10.0.0.6",)
 
 
 def test_seed_environment_variables() -> None:
     settings = Settings.load(environ={"RPC_BACKENDS": "10.0.0.1:50052,10.0.0.2:50053",
                                       "OLLAMA_NODES": "a:11434, b"})
-    assert settings.discovery.rpc_backends == ("10.0.0.1:50052", "10.0.0.2:50053")
-    assert settings.discovery.ollama_nodes == ("a:11434", "b")
+    assert settings.section(LlamacppSettings).rpc_backends == ("10.0.0.1:50052",
+                                                               "10.0.0.2:50053")
+    assert settings.section(OllamaSettings).nodes == ("a:11434", "b")
 
 
 def test_sollol_prefixed_variable_wins_over_legacy_alias() -> None:
     settings = Settings.load(environ={"RPC_BACKENDS": "a:1", "SOLLOL_RPC_BACKENDS": "b:2"})
-    assert settings.discovery.rpc_backends == ("b:2",)
+    assert settings.section(LlamacppSettings).rpc_backends == ("b:2",)
 
 
 def test_plugin_lists_from_environment() -> None:
@@ -74,7 +85,7 @@ def test_plugin_lists_from_environment() -> None:
     ({"SOLLOL_PORT": "http"}, "SOLLOL_PORT: gateway.port: expected an integer, got 'http'"),
     ({"SOLLOL_PORT": "70000"}, "SOLLOL_PORT: gateway.port: expected a port number 1-65535"),
     ({"RPC_BACKENDS": "10.0.0.1:rpc"},
-     "RPC_BACKENDS: discovery.rpc_backends: expected host:port, got '10.0.0.1:rpc'"),
+     "RPC_BACKENDS: llamacpp.rpc_backends: expected host:port, got '10.0.0.1:rpc'"),
     ({"SOLLOL_SUBNETS": "10.0.0/33"},
      "SOLLOL_SUBNETS: discovery.subnets: expected a network in CIDR form"),
     ({"SOLLOL_HEALTH_INTERVAL": "-1"},
@@ -94,8 +105,9 @@ def test_bad_environment_names_variable_key_and_form(env: dict[str, str], expect
     ("[gateway]\nprot = 8000\n", "gateway.prot: unknown key"),
     ("[gatewya]\n", "gatewya: unknown key"),
     ("[plugins]\ndisable = 'cpu'\n", "plugins.disable: expected a list, got 'cpu'"),
-    ("[discovery]\nollama_nodes = [1]\n",
-     "discovery.ollama_nodes: item 0: expected a string, got 1"),
+    ("[ollama]\nnodes = [1]\n", "ollama.nodes: item 0: expected a string, got 1"),
+    ("[llamacpp]\nlayer_strategy = 'random'\n",
+     "llamacpp.layer_strategy: expected one of memory_aware, even, got 'random'"),
     ("[health]\ntimeout_s = true\n", "health.timeout_s: expected a number, got True"),
     ("[gateway\n", "not valid TOML"),
 ])

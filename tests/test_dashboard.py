@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,6 +18,7 @@ from sollol_core.gateway.common import ROUTER
 from sollol_core.gateway.dashboard import COOKIE, HUB, SESSIONS
 from sollol_core.hookspecs import Chunk, hookimpl
 from sollol_core.observatory import Observatory
+from sollol_core.panels import Panel, PanelGroup
 from sollol_core.plugins import Plugins
 from sollol_core.router import Router
 from sollol_core.testing import StaticBackend, node
@@ -116,7 +117,8 @@ class Sharding:
     coordinator the way the llama.cpp plugin's status does."""
 
     @hookimpl(tryfirst=True)
-    def sollol_place(self, request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
+    def sollol_place(self, request: InferenceRequest,
+                     fleet: FleetSnapshot) -> Decision | None:
         if request.model != "big":
             return None
         plan = ShardPlan(workers=WORKERS, tensor_split=(0.36, 0.64), layers=(10, 18))
@@ -135,27 +137,29 @@ class Sharding:
         return answer()
 
     @hookimpl
-    def sollol_status(self) -> Mapping[str, Any]:
-        return {"coordinators": [
-            {"model": "big", "url": "http://127.0.0.1:9001", "alive": True, "pid": 1,
-             "workers": ["w1:50052", "w2:50052"], "tensor_split": [0.36, 0.64]},
-            "not a coordinator"]}
+    def sollol_dashboard_panels(self) -> Panel:
+        return Panel("shards", "Coordinators and layers", ("RPC worker", "layers"), (
+            PanelGroup("big", (("w1:50052", "layers 0–9 (10)"), ("w2:50052", "layers 10–27 (18)")),
+                       status="ok", detail="http://127.0.0.1:9001"),))
 
 
-async def test_coordinators_show_which_layers_sit_on_which_worker(aiohttp_client: Any) -> None:
+class Failing:
+    @hookimpl
+    def sollol_dashboard_panels(self) -> Panel:
+        raise RuntimeError("panel bug")
+
+
+async def test_plugins_panels_and_sharded_decisions_are_shown(aiohttp_client: Any) -> None:
     client = await aiohttp_client(create_app(router_of(
-        ("static", StaticBackend([node("a", models=["m"])])), ("shards", Sharding()))))
-    state = await (await client.get("/dashboard/state")).json()
-    (coordinator,) = state["coordinators"]
-    assert [(w["worker"], w["layers"]) for w in coordinator["workers"]] == [
-        ("w1:50052", None), ("w2:50052", None)]  # no plan seen yet: shares only
-    assert coordinator["workers"][1]["share"] == 0.64
-
+        ("static", StaticBackend([node("a", models=["m"])])), ("shards", Sharding()),
+        ("failing", Failing()))))
     assert (await client.post("/api/chat", json=chat("big"))).status == 200
     state = await (await client.get("/dashboard/state")).json()
-    (coordinator,) = state["coordinators"]
-    assert [(w["worker"], w["first_layer"], w["last_layer"]) for w in coordinator["workers"]] == [
-        ("w1:50052", 0, 9), ("w2:50052", 10, 27)]
+    (panel,) = state["panels"]  # the failing plugin's panel is left out, the page still works
+    assert panel["key"] == "shards" and panel["columns"] == ["RPC worker", "layers"]
+    (group,) = panel["groups"]
+    assert group["title"] == "big" and group["status"] == "ok"
+    assert group["rows"][1] == ["w2:50052", "layers 10–27 (18)"]
     (decision,) = state["decisions"]
     assert decision["shards"] == [{"worker": "w1:50052", "layers": 10},
                                   {"worker": "w2:50052", "layers": 18}]

@@ -11,13 +11,16 @@ import click
 import pluggy
 import pytest
 from aiohttp import web
+from attrs import field, frozen
 from click.testing import CliRunner
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from sollol_core.config import PluginSettings, Settings
-from sollol_core.errors import PluginError
+from sollol_core.config import PluginSettings, Settings, SettingsSection, positive
+from sollol_core.errors import ConfigError, PluginError
 from sollol_core.gateway.app import create_app
 from sollol_core.gateway.common import ROUTER
 from sollol_core.hookspecs import hookimpl
+from sollol_core.panels import Panel, PanelGroup
 from sollol_core.plugins import Plugins
 from sollol_core.router import Router
 from sollol_core.testing import Recorder, StaticBackend, fleet, node
@@ -382,3 +385,88 @@ def test_sollol_status_merges_every_plugins_sections() -> None:
                        ("b", Reporter({"queues": 2})), ("c", Reporter(None)))
     assert plugins.status() == {"coordinators": [{"model": "m"}], "queues": 2}
     assert isolated(("broken", Reporter(None, fail=True))).status() == {}
+
+
+@frozen
+class QueueSettings:
+    depth: int = field(default=4, validator=positive)
+
+
+class Queues:
+    """A stateful plugin object with settings, facts, metrics and a panel."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.depth = settings.section(QueueSettings).depth
+        self.facts = PinFacts(host="b")
+
+    @staticmethod
+    @hookimpl
+    def sollol_settings_sections() -> SettingsSection:
+        return SettingsSection("queues", QueueSettings, environment={"QUEUES_DEPTH": "depth"})
+
+    @hookimpl
+    def sollol_fleet_facts(self) -> PinFacts:
+        return self.facts
+
+    @hookimpl
+    def sollol_metrics(self) -> list[Metric]:
+        gauge = GaugeMetricFamily("queues_depth", "Configured depth.")
+        gauge.add_metric([], self.depth)
+        return [gauge]
+
+    @hookimpl
+    def sollol_dashboard_panels(self) -> Panel:
+        return Panel("queues", "Queues", ("queue", "depth"),
+                     (PanelGroup("all", (("default", self.depth),), status="ok"),))
+
+
+@frozen
+class PinFacts:
+    host: str
+
+
+class FactPolicy:
+    @hookimpl
+    def sollol_place(self, request: InferenceRequest, fleet: FleetSnapshot,
+                     settings: Settings) -> Decision | None:
+        facts = fleet.fact(PinFacts)
+        if facts is None:
+            return None
+        target = next(n for n in fleet.nodes if n.endpoint.host == facts.host)
+        return Decision.whole(request, target.endpoint, policy="facts",
+                              reason=f"learnt: {facts.host}, "
+                                     f"depth {settings.section(QueueSettings).depth}")
+
+
+def test_sollol_settings_sections_are_read_with_the_cores_rules_and_reach_the_object() -> None:
+    sections = isolated(("queues", Queues)).settings_sections()
+    assert [s.name for s in sections] == ["queues"]
+    settings = Settings.load(environ={"QUEUES_DEPTH": "9"}, sections=sections)
+    assert settings.section(QueueSettings).depth == 9
+    plugins = Plugins.load(settings.with_sections(QueueSettings(depth=9)),
+                           extra=[("queues", Queues)])
+    queues = plugins.get(Queues)
+    assert queues is not None and queues.depth == 9  # built from the router's settings
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(environ={"QUEUES_DEPTH": "0"}, sections=sections)
+    assert caught.value.lines == ("QUEUES_DEPTH: queues.depth: expected a number above 0, "
+                                  "got 0",)
+
+
+def test_sollol_fleet_facts_reach_placement_through_the_snapshot() -> None:
+    plugins = isolated(("queues", Queues), ("facts", FactPolicy()))
+    settings = Settings().with_sections(QueueSettings(depth=3))
+    router = Router.create(settings, plugins)
+    router.fleet.record(node("a", models=["m"]))
+    router.fleet.record(node("b", models=["m"]))
+    decision = router.decide(InferenceRequest.chat("m", []))
+    assert decision.policy == "facts" and decision.target is not None
+    assert decision.target.host == "b" and decision.reason == "learnt: b, depth 3"
+
+
+def test_sollol_metrics_and_sollol_dashboard_panels_come_from_each_plugin() -> None:
+    plugins = isolated(("queues", Queues))
+    (gauge,) = plugins.metrics()
+    assert gauge.name == "queues_depth" and gauge.samples[0].value == 4
+    (panel,) = plugins.dashboard_panels()
+    assert panel.title == "Queues" and panel.groups[0].rows == (("default", 4),)

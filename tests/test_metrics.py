@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 from attrs import define, evolve, field
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from sollol_core.config import PluginSettings, Settings
 from sollol_core.gateway.app import create_app
-from sollol_core.gateway.metrics import coordinator_metrics
 from sollol_core.hookspecs import Chunk, hookimpl
 from sollol_core.plugins import Plugins
 from sollol_core.router import Router
@@ -148,7 +148,7 @@ async def test_node_health_free_memory_and_circuits_come_from_the_fleet(
     assert value(samples, "sollol_circuit_state", node=A, state="closed") == 0
     assert value(samples, "sollol_circuit_failure_ratio", node=A) == 1.0
     assert value(samples, "sollol_circuit_state", node=C, state="closed") == 1
-    assert value(samples, "sollol_coordinators") == 0
+    assert not any(name == "sollol_coordinators" for name, _ in samples)  # no llama.cpp plugin
 
 
 @define
@@ -190,43 +190,35 @@ async def test_in_flight_and_queue_depth_are_read_at_scrape_time(aiohttp_client:
                  outcome="ok") == 2
 
 
-class Coordinators:
-    def __init__(self, section: Mapping[str, Any]) -> None:
-        self.section = section
+class Jobs:
+    """A plugin that runs jobs and says so in /metrics."""
+
+    def __init__(self, running: int) -> None:
+        self.running = running
 
     @hookimpl
-    def sollol_status(self) -> Mapping[str, Any]:
-        return self.section
+    def sollol_metrics(self) -> list[Metric]:
+        gauge = GaugeMetricFamily("myplugin_jobs", "Jobs the plugin runs.", labels=["queue"])
+        gauge.add_metric(["default"], self.running)
+        return [gauge]
 
 
-async def test_coordinators_and_their_workers_come_from_plugin_status(
-        aiohttp_client: Any) -> None:
-    status = {"coordinators": [
-        {"model": "big", "url": "http://127.0.0.1:9001", "alive": True,
-         "workers": ["w1:50052", "w2:50052"], "tensor_split": [0.4, 0.6]},
-        {"model": "dead", "url": "http://127.0.0.1:9002", "alive": False, "workers": []}],
-        "local_rpc_workers": [{"address": "127.0.0.1:50052"}]}
-    router = router_of(("static", StaticBackend([node("a")])), ("llamacpp", Coordinators(status)))
-    samples = await scrape(await aiohttp_client(create_app(router)))
-    assert value(samples, "sollol_coordinators") == 2
-    big = {"model": "big", "url": "http://127.0.0.1:9001"}
-    assert value(samples, "sollol_coordinator_workers", **big) == 2
-    assert value(samples, "sollol_coordinator_alive", **big) == 1
-    assert value(samples, "sollol_coordinator_alive", model="dead",
-                 url="http://127.0.0.1:9002") == 0
-    assert value(samples, "sollol_local_rpc_workers") == 1
+class Broken:
+    @hookimpl
+    def sollol_metrics(self) -> list[Metric]:
+        raise RuntimeError("cannot count")
 
 
-def test_coordinator_metrics_skip_what_they_do_not_understand() -> None:
-    def gauges(status: Mapping[str, Any]) -> dict[str, list[float]]:
-        return {m.name: [s.value for s in m.samples] for m in coordinator_metrics(status)}
-
-    assert gauges({})["sollol_coordinators"] == [0]
-    assert gauges({"coordinators": "three", "local_rpc_workers": 2}) == {
-        "sollol_coordinators": [0], "sollol_coordinator_alive": [],
-        "sollol_coordinator_workers": [], "sollol_local_rpc_workers": [0]}
-    odd = gauges({"coordinators": [None, 3, {"model": "x", "workers": "w1"}]})
-    assert odd["sollol_coordinators"] == [1] and odd["sollol_coordinator_workers"] == [0]
+async def test_plugins_add_metrics_read_at_each_scrape(aiohttp_client: Any) -> None:
+    jobs = Jobs(2)
+    router = router_of(("static", StaticBackend([node("a")])), ("broken", Broken()),
+                       ("jobs", jobs))
+    client = await aiohttp_client(create_app(router))
+    assert value(await scrape(client), "myplugin_jobs", queue="default") == 2
+    jobs.running = 5  # read when Prometheus scrapes, not when the plugin loaded
+    samples = await scrape(client)
+    assert value(samples, "myplugin_jobs", queue="default") == 5
+    assert value(samples, "sollol_node_in_flight", node=A, kind="static", role="node") == 0
 
 
 async def test_metrics_need_the_api_key_when_keys_are_configured(aiohttp_client: Any) -> None:

@@ -34,9 +34,10 @@ from sollol_core.breaker import CircuitSnapshot
 from sollol_core.gateway.common import ROUTER
 from sollol_core.listening import token_accepted
 from sollol_core.observatory import Observatory
+from sollol_core.panels import Panel
 from sollol_core.plugins import core_version
 from sollol_core.router import Router
-from sollol_core.types import FleetSnapshot, NodeSnapshot, Telemetry, model_key
+from sollol_core.types import FleetSnapshot, NodeSnapshot, Telemetry
 
 PREFIX = "/dashboard"
 #: The only paths a session cookie (or ``?key=``) opens.
@@ -268,7 +269,6 @@ def state_of(router: Router, observatory: Observatory) -> dict[str, Any]:
     """Everything the page shows, as JSON values."""
     fleet = router.fleet.snapshot()
     circuits = {c.node: c for c in router.breakers.snapshots()}
-    status = router.plugins.status()
     nodes = [_node(n, fleet, circuits.get(n.endpoint.key)) for n in fleet.nodes]
     node_keys = {n.endpoint.key for n in fleet.nodes}
     return {
@@ -278,7 +278,7 @@ def state_of(router: Router, observatory: Observatory) -> dict[str, Any]:
         "nodes": sorted(nodes, key=lambda n: (n["role"], n["key"])),
         "machines": [_machine(t) for t in sorted(fleet.telemetry, key=lambda t: t.host)],
         "circuits": [_circuit(c) for k, c in circuits.items() if k not in node_keys],
-        "coordinators": _coordinators(status, observatory),
+        "panels": [_panel(p) for p in router.plugins.dashboard_panels()],
         "decisions": observatory.recent(),
         "series": observatory.series(),
         "totals": dict(observatory.totals),
@@ -322,41 +322,8 @@ def _circuit(c: CircuitSnapshot) -> dict[str, Any]:
     return {"node": c.node, "state": c.state.value, "failure_ratio": c.failure_ratio}
 
 
-def _coordinators(status: dict[str, Any], observatory: Observatory) -> list[dict[str, Any]]:
-    """The plugins' ``coordinators`` section, each with the layers its workers hold (from the
-    latest shard plan of its model, when it had layer counts); malformed entries are skipped."""
-    raw = status.get("coordinators")
-    found: list[dict[str, Any]] = []
-    for c in raw if isinstance(raw, list | tuple) else ():
-        if not isinstance(c, dict):
-            continue
-        model = str(c.get("model", ""))
-        workers = [str(w) for w in c.get("workers") or () if isinstance(w, str)]
-        split = c.get("tensor_split")
-        shares = [float(s) for s in split if isinstance(s, int | float)] if isinstance(
-            split, list | tuple) else []
-        found.append({"model": model, "url": str(c.get("url", "")),
-                      "alive": bool(c.get("alive", True)),
-                      "workers": _layers(workers, shares, observatory.plans.get(
-                          model_key(model)) if model else None)})
-    return found
-
-
-def _layers(workers: Sequence[str], shares: Sequence[float],
-            plan: Sequence[tuple[str, int | None]] | None) -> list[dict[str, Any]]:
-    """Each worker with its share and, where the plan counted them, its layer range."""
-    counts = dict(plan or ())
-    rows: list[dict[str, Any]] = []
-    first: int | None = 0
-    for index, worker in enumerate(workers):
-        count = counts.get(worker)
-        row: dict[str, Any] = {"worker": worker,
-                               "share": shares[index] if index < len(shares) else None,
-                               "layers": count, "first_layer": None, "last_layer": None}
-        if count is not None and first is not None:
-            row["first_layer"], row["last_layer"] = first, first + count - 1
-            first += count
-        else:
-            first = None  # the ranges after an unknown count are unknown too
-        rows.append(row)
-    return rows
+def _panel(panel: Panel) -> dict[str, Any]:
+    return {"key": panel.key, "title": panel.title, "columns": list(panel.columns),
+            "empty": panel.empty,
+            "groups": [{"title": g.title, "status": g.status, "detail": g.detail,
+                        "rows": [list(row) for row in g.rows]} for g in panel.groups]}

@@ -1,8 +1,9 @@
 """Prometheus metrics at ``GET /metrics``.
 
 Request metrics are counted by :class:`RequestMetrics`, an observer registered on the router's
-plugin manager; fleet metrics (health, memory, in-flight, circuits, queue, coordinators) are read
-from the router when Prometheus scrapes, by :class:`FleetCollector`. Each application has its own
+plugin manager; fleet metrics (health, memory, in-flight, circuits, queue) are read from the
+router when Prometheus scrapes, by :class:`FleetCollector`, with the plugins' own
+(``sollol_metrics``: the llama.cpp plugin's coordinators). Each application has its own
 :class:`~prometheus_client.CollectorRegistry`, so gateways never share (or clash over) metrics.
 
 ``/metrics`` is behind the gateway's API keys like every other path but ``/`` and ``/health``:
@@ -11,8 +12,7 @@ it names models, nodes and their addresses. Give Prometheus the key as a bearer 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 from aiohttp import web
 from attrs import define, field
@@ -174,7 +174,7 @@ class FleetCollector(Collector):
                 total.add_metric(values, node.total_bytes)
         yield from (health, in_flight, parallel, free, total)
         yield from _circuits(router)
-        yield from coordinator_metrics(router.plugins.status())
+        yield from router.plugins.metrics()  # what plugins run (llama.cpp: coordinators)
 
 
 def _circuits(router: Router) -> Iterable[Metric]:
@@ -188,27 +188,3 @@ def _circuits(router: Router) -> Iterable[Metric]:
             state.add_metric([circuit.node, value.value], 1.0 if circuit.state is value else 0.0)
         ratio.add_metric([circuit.node], circuit.failure_ratio)
     return state, ratio
-
-
-def coordinator_metrics(status: Mapping[str, Any]) -> Iterable[Metric]:
-    """Coordinators and RPC workers from the plugins' status (the llama.cpp plugin's
-    ``coordinators`` and ``local_rpc_workers`` sections); malformed entries are skipped."""
-    coordinators = [c for c in _list(status.get("coordinators")) if isinstance(c, Mapping)]
-    count = GaugeMetricFamily("sollol_coordinators", "llama.cpp coordinators running.")
-    count.add_metric([], len(coordinators))
-    alive = GaugeMetricFamily("sollol_coordinator_alive", "1 while the coordinator's process "
-                              "runs.", labels=["model", "url"])
-    workers = GaugeMetricFamily("sollol_coordinator_workers",
-                                "RPC workers the coordinator holds.", labels=["model", "url"])
-    for c in coordinators:
-        labels = [str(c.get("model", "")), str(c.get("url", ""))]
-        alive.add_metric(labels, 1.0 if c.get("alive", True) else 0.0)
-        workers.add_metric(labels, len(_list(c.get("workers"))))
-    local = GaugeMetricFamily("sollol_local_rpc_workers",
-                              "RPC workers the gateway runs on this machine.")
-    local.add_metric([], len(_list(status.get("local_rpc_workers"))))
-    return count, alive, workers, local
-
-
-def _list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else []

@@ -9,14 +9,14 @@ import pytest
 from sollol_llamacpp.binaries import Binaries, BinariesNotFound
 from sollol_llamacpp.testing import gemma_gguf, require_binaries, rpc_workers
 
-from sollol_core.config import ENVIRONMENT
+from sollol_core.plugins import environment_variables
 
 LLAMA_PROCESSES = {"llama-server", "ggml-rpc-server", "rpc-server"}
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [*ENVIRONMENT, "SOLLOL_CONFIG", "OLLAMA_MODELS"]:
+    for name in [*environment_variables(), "SOLLOL_CONFIG", "OLLAMA_MODELS"]:
         if name != "SOLLOL_LLAMACPP_BIN_DIR":
             monkeypatch.delenv(name, raising=False)
 

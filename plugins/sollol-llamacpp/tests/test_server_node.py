@@ -99,7 +99,8 @@ async def test_llama_server_node_is_probed_and_serves_both_apis(llama_node: str)
 async def test_a_big_model_is_sharded_even_if_a_node_holds_it_but_embeddings_stay_whole(
         llama_node: str, gemma: Path, shared_workers: list[str]) -> None:
     from attrs import evolve
-    from sollol_llamacpp.plugin import _state
+    from sollol_llamacpp.plugin import LlamacppPlugin
+    from sollol_llamacpp.settings import LlamacppSettings
 
     from sollol_core.types import InferenceRequest
 
@@ -107,13 +108,16 @@ async def test_a_big_model_is_sharded_even_if_a_node_holds_it_but_embeddings_sta
                                   "RPC_BACKENDS": ",".join(shared_workers[:2]),
                                   "SOLLOL_LOAD_PLUGINS": "llamacpp",
                                   "SOLLOL_DISTRIBUTED_THRESHOLD_PARAMS": "1e8"})
-    settings = evolve(base, llamacpp=evolve(base.llamacpp, models={MODEL: str(gemma)},
-                                            context_size=1024, parallel=1))
+    settings = base.with_sections(evolve(base.section(LlamacppSettings),
+                                         models={MODEL: str(gemma)}, context_size=1024,
+                                         parallel=1))
     router = Router.create(settings)
+    plugin = router.plugins.get(LlamacppPlugin)
+    assert plugin is not None
     await router.start()
     try:
         for _ in range(600):
-            if _state.footprints:
+            if plugin.footprints:
                 break
             await asyncio.sleep(0.05)
         chat = router.decide(InferenceRequest.chat(MODEL, []))

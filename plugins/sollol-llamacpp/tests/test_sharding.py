@@ -14,9 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from attrs import evolve
 from sollol_llamacpp.binaries import Binaries
-from sollol_llamacpp.plugin import _state
+from sollol_llamacpp.coordinator import Coordinators
+from sollol_llamacpp.plugin import LlamacppPlugin
 from sollol_llamacpp.rpc_probe import probe_rpc
+from sollol_llamacpp.settings import LlamacppSettings
 from sollol_llamacpp.testing import rpc_workers
 
 from sollol_core.config import Settings
@@ -33,10 +36,23 @@ def settings(workers: list[str], models: dict[str, Path], **env: str) -> Setting
                                   "SOLLOL_LOAD_PLUGINS": "llamacpp",
                                   "SOLLOL_HEALTH_INTERVAL": "0.5",
                                   "SOLLOL_COORDINATOR_TIMEOUT": "120", **env})
-    from attrs import evolve
-    llamacpp = evolve(base.llamacpp, models={k: str(v) for k, v in models.items()},
-                      context_size=1024, parallel=1)
-    return evolve(base, llamacpp=llamacpp)
+    llamacpp = evolve(base.section(LlamacppSettings),
+                      models={k: str(v) for k, v in models.items()}, context_size=1024, parallel=1)
+    return base.with_sections(llamacpp)
+
+
+def llamacpp(router: Router) -> LlamacppPlugin:
+    """The llama.cpp plugin object of this router (each router has its own)."""
+    plugin = router.plugins.get(LlamacppPlugin)
+    assert plugin is not None
+    return plugin
+
+
+def coordinators(router: Router) -> Coordinators:
+    """The coordinators of this router's llama.cpp plugin (while it runs)."""
+    running = llamacpp(router).coordinators
+    assert running is not None
+    return running
 
 
 async def wait_free(workers: list[str]) -> None:
@@ -57,7 +73,7 @@ async def router(workers: list[str], models: dict[str, Path], **env: str) -> Asy
     r = Router.create(settings(workers, models, **env))
     await r.start()
     # what each model needs was read from its GGUF's header during the first discovery
-    assert all(model_key(m) in _state.footprints for m in models)
+    assert all(model_key(m) in llamacpp(r).footprints for m in models)
     try:
         yield r
     finally:
@@ -143,18 +159,18 @@ async def test_coordinator_is_reused_then_unloaded_when_idle(
     async with router(shared_workers[:2], {"gemma3:270m": gemma},
                       SOLLOL_IDLE_UNLOAD="1") as r:
         await r.run(raw_generate("gemma3:270m", num_predict=2))
-        assert _state.coordinators is not None
-        (first,) = _state.coordinators.running.values()
+        running = coordinators(r)
+        (first,) = running.running.values()
         await r.fleet.refresh()
         await r.run(raw_generate("gemma3:270m", num_predict=2))
-        (again,) = _state.coordinators.running.values()
+        (again,) = running.running.values()
         assert again is first and again.child.pid == first.child.pid  # reused, not restarted
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if not _state.coordinators.running and first.child.process.returncode is not None:
+            if not running.running and first.child.process.returncode is not None:
                 break
             await asyncio.sleep(0.2)
-        assert not _state.coordinators.running
+        assert not running.running
         assert first.child.process.returncode is not None  # stopped, and reaped
 
 
@@ -164,11 +180,10 @@ async def test_two_models_run_on_two_coordinators_over_disjoint_workers(
         async with router(workers, {"gemma-a": gemma, "gemma-b": gemma}) as r:
             a, b = await asyncio.gather(r.run(raw_generate("gemma-a", num_predict=4)),
                                         r.run(raw_generate("gemma-b", num_predict=4)))
-            assert _state.coordinators is not None
-            coordinators = list(_state.coordinators.running.values())
+            both = list(coordinators(r).running.values())
     used_a = set(a[1].node.removeprefix("sharded:").split(","))
     used_b = set(b[1].node.removeprefix("sharded:").split(","))
-    assert len(coordinators) == 2
+    assert len(both) == 2
     assert len(used_a) == 2 and len(used_b) == 2 and not used_a & used_b
     assert a[0][-1]["response"] == b[0][-1]["response"]  # same weights, same answer
 
@@ -214,13 +229,12 @@ async def test_a_coordinator_crash_mid_request_is_survived_by_a_non_streamed_req
         gemma: Path, shared_workers: list[str]) -> None:
     async with router(shared_workers[:2], {"gemma3:270m": gemma}) as r:
         await r.run(raw_generate("gemma3:270m", num_predict=2))
-        assert _state.coordinators is not None
-        (crashed,) = _state.coordinators.running.values()
+        (crashed,) = coordinators(r).running.values()
         request = asyncio.create_task(r.run(raw_generate("gemma3:270m", num_predict=300)))
         await asyncio.sleep(1.0)
         crashed.child.process.kill()
         chunks, routing = await request
-        (replacement,) = _state.coordinators.running.values()
+        (replacement,) = coordinators(r).running.values()
     assert chunks[-1]["done"] and chunks[-1]["eval_count"] > 0
     assert replacement.child.pid != crashed.child.pid
     assert routing.backend == "sharded"
@@ -259,8 +273,9 @@ async def test_the_python_api_starts_workers_and_shards_a_model_from_the_ollama_
     pool = OllamaPool(plugins=Plugins.load(PluginSettings(load=("llamacpp",))))
     async with HybridRouter(pool, enable_distributed=True, auto_setup_rpc=True,
                             num_rpc_backends=2) as hybrid:
-        assert _state.pool is not None and len(_state.pool.workers) == 2
-        pids = [w.child.pid for w in _state.pool.workers]
+        local = llamacpp(hybrid.pool.router).pool
+        assert local is not None and len(local.workers) == 2
+        pids = [w.child.pid for w in local.workers]
         reply = await hybrid.route_request(
             "gemma3:270m", [{"role": "user", "content": "Hi"}], max_tokens=4)
         assert await hybrid.should_use_distributed("gemma3:270m")
@@ -321,17 +336,16 @@ def test_a_gguf_without_a_chat_template_gets_llama_cpps_builtin_one(gemma: Path)
 
 async def test_a_loaded_coordinator_calibrates_the_estimate_and_status_shows_it(
         gemma: Path, shared_workers: list[str]) -> None:
-    from sollol_llamacpp.plugin import sollol_status
-
-    _state.calibration.by_model.clear()
     async with router(shared_workers[:2], {"gemma3:270m": gemma}) as r:
+        plugin = llamacpp(r)
+        assert not plugin.calibration.by_model  # a new router's plugin has learnt nothing yet
         await r.run(raw_generate("gemma3:270m", num_predict=2))
-        (correction,) = sollol_status()["corrections"]
+        (correction,) = plugin.sollol_status()["corrections"]
     assert correction["model"] == "gemma3:270m" and correction["worker_kind"] == "rpc"
     # what llama.cpp allocated on the two workers against the estimate: close, not equal
     assert 0.7 < correction["factor"] < 1.4
     assert correction["measured_mib"] > 100
-    assert _state.calibration.factor("gemma3:270m") == correction["factor"]
+    assert plugin.calibration.factor("gemma3:270m") == correction["factor"]
 
 
 def test_held_bytes_reads_llama_cpp_load_lines() -> None:

@@ -7,14 +7,15 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from sollol_core.config import ENVIRONMENT, Settings
+from sollol_core.config import Settings
 from sollol_core.gateway.app import create_app
+from sollol_core.plugins import environment_variables
 from sollol_core.router import Router
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [*ENVIRONMENT, "SOLLOL_CONFIG", "OLLAMA_HOST"]:
+    for name in [*environment_variables(), "SOLLOL_CONFIG", "OLLAMA_HOST"]:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -14,14 +14,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from sollol_otel import OtelPlugin
 
-from sollol_core.config import ENVIRONMENT, PluginSettings
-from sollol_core.plugins import Plugins
+from sollol_core.config import PluginSettings
+from sollol_core.plugins import Plugins, environment_variables
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests see only the SOLLOL and OTEL settings they set themselves."""
-    for name in [*ENVIRONMENT, "SOLLOL_CONFIG", "OLLAMA_HOST"]:
+    for name in [*environment_variables(), "SOLLOL_CONFIG", "OLLAMA_HOST"]:
         monkeypatch.delenv(name, raising=False)
     for name in list(os.environ):
         if name.startswith("OTEL_"):

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sollol_pin_policy import parse_pins, pins_from_environment, place
 
-from sollol_core.config import ENVIRONMENT, PluginSettings, Settings
+from sollol_core.config import PluginSettings, Settings
 from sollol_core.errors import BackendError, NoRouteError
-from sollol_core.plugins import Plugins
+from sollol_core.plugins import Plugins, environment_variables
 from sollol_core.router import Router, Routing
 from sollol_core.testing import Recorder, StaticBackend, fleet, node
 from sollol_core.types import Health, InferenceRequest, NodeSnapshot, Role
@@ -24,7 +24,7 @@ HELLO: list[Mapping[str, Any]] = [{"role": "user", "content": "Hello"}]
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the settings a test sets itself."""
-    for name in [*ENVIRONMENT, "SOLLOL_CONFIG", "SOLLOL_PINS"]:
+    for name in [*environment_variables(), "SOLLOL_CONFIG", "SOLLOL_PINS"]:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -40,6 +40,7 @@ from sollol_core.errors import SollolError
 from sollol_core.http import Sessions
 from sollol_core.types import Endpoint
 from sollol_llamacpp.binaries import require_binaries
+from sollol_llamacpp.settings import LlamacppSettings
 from sollol_llamacpp.workers import FIRST_PORT, KIND, LocalWorker, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class AgentPool:
                     f"max_workers, SOLLOL_AGENT_MAX_WORKERS): {wanted.count} more would pass "
                     "it; none started")
             if self.pool is None:
-                bin_dir = self.settings.llamacpp.bin_dir
+                bin_dir = self.settings.section(LlamacppSettings).bin_dir
                 binaries = require_binaries(configured_dir=Path(bin_dir) if bin_dir else None)
                 self.pool = WorkerPool(binaries, warn=log.warning)
             agent = self.settings.agent
@@ -243,7 +244,7 @@ class AgentWorkers:
     async def ensure(self, settings: Settings, sessions: Sessions) -> list[Endpoint]:
         """Every agent's workers, after starting the missing ones; an agent that fails is
         logged and skipped (asked again next round)."""
-        wanted = settings.llamacpp.agent_workers
+        wanted = settings.section(LlamacppSettings).agent_workers
         agents = agent_endpoints(settings)
         if not wanted or not agents:
             return []

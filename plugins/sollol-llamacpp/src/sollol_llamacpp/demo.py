@@ -21,11 +21,11 @@ from aiohttp import web
 from sollol_core.config import Settings
 from sollol_core.gateway.app import create_app
 from sollol_core.gateway.serve import PortInUseError
-from sollol_core.plugins import Plugins
 from sollol_core.router import Router
 from sollol_llamacpp.binaries import Binaries
 from sollol_llamacpp.coordinator import fallback_chat_template, wait_healthy
 from sollol_llamacpp.processes import Child, ephemeral_port, logs_dir
+from sollol_llamacpp.settings import LlamacppSettings
 
 WHOLE = "gemma3:270m"
 SHARDED = "gemma3:270m-split"
@@ -69,18 +69,16 @@ async def _ask(url: str, model: str, say: Callable[[str], None]) -> None:
             f"{answer.get('eval_count', 0)} tokens")
 
 
-async def run_demo(settings: Settings, plugins: Plugins, binaries: Binaries, gguf: Path, *,
+async def run_demo(settings: Settings, binaries: Binaries, gguf: Path, *,
                    once: bool, say: Callable[[str], None]) -> None:
     say(f"Starting a whole-model llama-server node with {gguf.name}...")
     node, address = await _start_node(binaries, gguf, say)
     try:
-        llamacpp = attrs.evolve(settings.llamacpp, local_workers=2,
-                                models={**settings.llamacpp.models, SHARDED: str(gguf)},
-                                shard=(*settings.llamacpp.shard, SHARDED))
-        discovery = attrs.evolve(settings.discovery, llamacpp_servers=(
-            *settings.discovery.llamacpp_servers, address))
-        settings = attrs.evolve(settings, llamacpp=llamacpp, discovery=discovery)
-        router = Router.create(settings, plugins)
+        own = settings.section(LlamacppSettings)
+        settings = settings.with_sections(attrs.evolve(
+            own, local_workers=2, models={**own.models, SHARDED: str(gguf)},
+            shard=(*own.shard, SHARDED), servers=(*own.servers, address)))
+        router = Router.create(settings)
         runner = web.AppRunner(create_app(router), access_log=None)
         await runner.setup()
         try:

@@ -20,6 +20,7 @@ from attrs import define, field
 from sollol_core.config import Settings
 from sollol_core.types import Endpoint
 from sollol_llamacpp.rpc_probe import probe_rpc
+from sollol_llamacpp.settings import LlamacppSettings
 from sollol_llamacpp.workers import FIRST_PORT, KIND
 
 CONCURRENCY = 64
@@ -33,7 +34,8 @@ def implicit_workers_wanted(settings: Settings) -> bool:
     ``discovery.implicit_nodes``, or when that is unset (auto), only while no RPC worker and no
     llama-server is named."""
     choice = settings.discovery.implicit_nodes
-    named = settings.discovery.rpc_backends or settings.discovery.llamacpp_servers
+    own = settings.section(LlamacppSettings)
+    named = own.rpc_backends or own.servers
     return not named if choice is None else choice
 
 

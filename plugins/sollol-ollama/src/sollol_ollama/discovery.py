@@ -20,6 +20,7 @@ from attrs import define, field
 
 from sollol_core.config import Settings
 from sollol_core.types import Endpoint, split_host_port
+from sollol_ollama.settings import OllamaSettings
 
 KIND = "ollama"
 DEFAULT_PORT = 11434
@@ -69,7 +70,7 @@ def implicit_nodes_wanted(settings: Settings) -> bool:
     """Whether ``OLLAMA_HOST`` and localhost join the fleet: ``discovery.implicit_nodes``, or
     when that is unset (auto), only while no Ollama node is named."""
     choice = settings.discovery.implicit_nodes
-    return not settings.discovery.ollama_nodes if choice is None else choice
+    return not settings.section(OllamaSettings).nodes if choice is None else choice
 
 
 @define
@@ -82,7 +83,7 @@ class Discovery:
                        environ: Mapping[str, str] | None = None) -> list[Endpoint]:
         env = os.environ if environ is None else environ
         named = [Endpoint.parse(KIND, a, default_port=DEFAULT_PORT, source="config")
-                 for a in settings.discovery.ollama_nodes]
+                 for a in settings.section(OllamaSettings).nodes]
         implicit: list[tuple[str, str]] = []
         if implicit_nodes_wanted(settings):
             if (address := from_ollama_host(env.get("OLLAMA_HOST", ""))) is not None:

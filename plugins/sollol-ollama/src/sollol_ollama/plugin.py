@@ -1,58 +1,73 @@
-"""The sollol-ollama plugin's hooks: discovery, probe, execution and lifespan for kind "ollama"."""
+"""The sollol-ollama plugin: discovery, probe and execution for endpoints of kind "ollama".
+
+The ``ollama`` entry point names :class:`OllamaPlugin`; each router builds its own, so routers
+in one process share no connection pool and no probe memory.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Sequence
 
-from sollol_core.config import Settings
+from attrs import define, field
+
+from sollol_core.config import Settings, SettingsSection
 from sollol_core.hookspecs import Chunk, hookimpl
 from sollol_core.http import Sessions
 from sollol_core.types import Decision, Endpoint, InferenceRequest, NodeSnapshot
 from sollol_ollama.discovery import KIND, Discovery
 from sollol_ollama.executor import execute
 from sollol_ollama.probe import Prober
-
-_sessions = Sessions()
-_discovery = Discovery()
-_prober = Prober()
+from sollol_ollama.settings import SECTION
 
 
-@hookimpl
-def sollol_lifespan(settings: Settings) -> contextlib.AbstractAsyncContextManager[None]:
-    return _sessions.hold()
+@define(eq=False)  # a plugin object is itself: hashable, compared by identity
+class OllamaPlugin:
+    """One router's Ollama backend: its HTTP sessions, discovery and probe memory."""
 
+    settings: Settings = field(factory=Settings)
+    sessions: Sessions = field(factory=Sessions)
+    discovery: Discovery = field(factory=Discovery)
+    prober: Prober = field(factory=Prober)
 
-@hookimpl
-def sollol_discover(settings: Settings) -> Awaitable[Sequence[Endpoint]]:
-    async def discover() -> Sequence[Endpoint]:
-        async with _sessions.session() as session:
-            return await _discovery.discover(session, settings)
+    @staticmethod
+    @hookimpl
+    def sollol_settings_sections() -> SettingsSection:
+        return SECTION
 
-    return discover()
+    @hookimpl
+    def sollol_lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.sessions.hold()
 
+    @hookimpl
+    def sollol_discover(self, settings: Settings) -> Awaitable[Sequence[Endpoint]]:
+        async def discover() -> Sequence[Endpoint]:
+            async with self.sessions.session() as session:
+                return await self.discovery.discover(session, settings)
 
-@hookimpl
-def sollol_probe(endpoint: Endpoint, settings: Settings) -> Awaitable[NodeSnapshot] | None:
-    if endpoint.kind != KIND:
-        return None
+        return discover()
 
-    async def probe() -> NodeSnapshot:
-        async with _sessions.session() as session:
-            return await _prober.probe(session, endpoint, settings)
+    @hookimpl
+    def sollol_probe(self, endpoint: Endpoint,
+                     settings: Settings) -> Awaitable[NodeSnapshot] | None:
+        if endpoint.kind != KIND:
+            return None
 
-    return probe()
+        async def probe() -> NodeSnapshot:
+            async with self.sessions.session() as session:
+                return await self.prober.probe(session, endpoint, settings)
 
+        return probe()
 
-@hookimpl
-def sollol_execute(request: InferenceRequest, decision: Decision) -> AsyncIterator[Chunk] | None:
-    target = decision.target
-    if target is None or target.kind != KIND:
-        return None
-    return _run(request, target)
+    @hookimpl
+    def sollol_execute(self, request: InferenceRequest,
+                       decision: Decision) -> AsyncIterator[Chunk] | None:
+        target = decision.target
+        if target is None or target.kind != KIND:
+            return None
+        return self._run(request, target)
 
-
-async def _run(request: InferenceRequest, target: Endpoint) -> AsyncIterator[Chunk]:
-    async with _sessions.session() as session:
-        async for chunk in execute(session, request, target, _prober.forget):
-            yield chunk
+    async def _run(self, request: InferenceRequest, target: Endpoint) -> AsyncIterator[Chunk]:
+        async with self.sessions.session() as session:
+            async for chunk in execute(session, request, target, self.prober.forget):
+                yield chunk

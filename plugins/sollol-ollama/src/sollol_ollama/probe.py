@@ -15,6 +15,7 @@ from attrs import define, field
 
 from sollol_core.config import Settings
 from sollol_core.types import Endpoint, Health, ModelInfo, NodeSnapshot, model_key
+from sollol_ollama.settings import OllamaSettings
 
 #: The inventory changes when someone pulls or deletes a model: rarely.
 TAGS_TTL_S = 30.0
@@ -50,7 +51,7 @@ class Prober:
             endpoint=endpoint, health=Health.UP, taken_at=time.time(),
             latency_ms=round(latency_ms, 3), version=version["version"],
             detail=f"{len(models)} models, {loaded} loaded", models=tuple(models),
-            parallel=settings.discovery.ollama_parallel)
+            parallel=settings.section(OllamaSettings).parallel)
 
     async def _inventory(self, session: aiohttp.ClientSession, base: str,
                          timeout: aiohttp.ClientTimeout) -> list[dict[str, Any]]:
