@@ -1,9 +1,10 @@
 """The OpenAI-compatible API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``
 and ``/v1/models``, as Ollama serves them.
 
-Each request is checked, turned into an Ollama-shaped :class:`InferenceRequest` and placed by the
-router; the Ollama chunks that come back are turned into OpenAI's shapes by
-:mod:`sollol_core.gateway.openai_shapes`. Streams are Server-Sent Events, written chunk by chunk.
+Each request is checked (:mod:`sollol_core.gateway.openai_shapes`), decoded into an Ollama-shaped
+:class:`InferenceRequest` and placed by the router; the Ollama chunks that come back are encoded
+into OpenAI's shapes (both by :mod:`sollol_core.codec`). Streams are Server-Sent Events, written
+chunk by chunk.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Literal
 from aiohttp import web
 from attrs import frozen
 
+from sollol_core import codec
 from sollol_core.errors import BackendError
 from sollol_core.gateway import openai_shapes as shapes
 from sollol_core.gateway.catalog import catalogue
@@ -59,11 +61,11 @@ class _Call:
     def answer(self, chunks: list[Chunk]) -> dict[str, Any]:
         model = self.request.model
         if self.kind == "chat":
-            return shapes.chat_response(chunks, id=self.id, model=model)
+            return codec.encode_chat_reply(chunks, id=self.id, model=model)
         if self.kind == "completion":
-            return shapes.completion_response(chunks, id=self.id, model=model)
-        return shapes.embedding_response(chunks, model=model,
-                                         encoding_format=self.encoding_format)
+            return codec.encode_completion_reply(chunks, id=self.id, model=model)
+        return codec.encode_embed_reply(chunks, model=model,
+                                        encoding_format=self.encoding_format)
 
 
 def _router(request: web.Request) -> Router:
@@ -73,7 +75,7 @@ def _router(request: web.Request) -> Router:
 def _shaped(convert: Callable[[Any], dict[str, Any]], fields: Any) -> dict[str, Any]:
     try:
         return convert(fields)
-    except shapes.InvalidRequest as exc:
+    except codec.InvalidRequest as exc:
         raise ApiError(400, str(exc)) from None
 
 
@@ -161,8 +163,8 @@ async def _stream(request: web.Request, router: Router, reply: Reply,
     """Relay the reply as SSE, one write per event; a failure after the first byte becomes a last
     ``data: {"error": ...}`` event (and no ``[DONE]``), never a silent truncation."""
     assert call.kind != "embedding"
-    converter = shapes.StreamConverter(kind=call.kind, id=call.id, model=call.request.model,
-                                       include_usage=call.include_usage)
+    converter = codec.StreamEncoder(kind=call.kind, id=call.id, model=call.request.model,
+                                    include_usage=call.include_usage)
     response = web.StreamResponse(headers={
         **routing_headers(reply), "Content-Type": "text/event-stream",
         "Cache-Control": "no-cache"})
