@@ -19,7 +19,6 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -32,6 +31,7 @@ from sollol_core.gateway.common import ROUTER
 from sollol_core.gateway.dashboard import HUB
 from sollol_core.hookspecs import Chunk, hookimpl
 from sollol_core.observatory import Bucket
+from sollol_core.panels import Panel, PanelGroup
 from sollol_core.plugins import Plugins
 from sollol_core.router import Router
 from sollol_core.testing import StaticBackend
@@ -109,7 +109,8 @@ class Coordinator:
     """The llama.cpp plugin's part: the 70B model over two RPC workers, 36 and 44 layers."""
 
     @hookimpl(tryfirst=True)
-    def sollol_place(self, request: InferenceRequest, fleet: FleetSnapshot) -> Decision | None:
+    def sollol_place(self, request: InferenceRequest,
+                     fleet: FleetSnapshot) -> Decision | None:
         if request.model != BIG:
             return None
         plan = ShardPlan(workers=WORKERS, tensor_split=(0.45, 0.55), layers=(36, 44))
@@ -131,11 +132,13 @@ class Coordinator:
         return answer()
 
     @hookimpl
-    def sollol_status(self) -> Mapping[str, Any]:
-        return {"coordinators": [{
-            "model": BIG, "url": "http://127.0.0.1:38211", "pid": 48122, "alive": True,
-            "workers": [w.address for w in WORKERS], "tensor_split": [0.45, 0.55],
-            "uptime_s": 5120.4, "ready_s": 41.3, "idle_s": 2.0}], "local_rpc_workers": []}
+    def sollol_dashboard_panels(self) -> Panel:
+        """The panel the llama.cpp plugin draws for this coordinator."""
+        return Panel("llamacpp-coordinators", "Coordinators and layers",
+                     ("RPC worker", "layers", "share"), (PanelGroup(BIG, (
+                         (WORKERS[0].address, "layers 0–35 (36)", "45% of tensors"),
+                         (WORKERS[1].address, "layers 36–79 (44)", "55% of tensors")),
+                         status="ok", detail="http://127.0.0.1:38211"),))
 
 
 class Machines:

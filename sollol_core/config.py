@@ -428,21 +428,26 @@ def _merge(layers: Sequence[tuple[str, Mapping[str, Any]]],
     return merged, origin
 
 
-def _structure_part(data: Any, cls: type[T], prefix: str, origin: Mapping[str, str]) -> T:
-    """``data`` as ``cls``; its errors as lines naming the key and where it came from."""
+def _structure_part(data: Any, cls: type[T], prefix: str, origin: Mapping[str, str],
+                    written: Mapping[str, str] | None = None) -> T:
+    """``data`` as ``cls``; its errors as lines naming the key (as the user wrote it: ``written``
+    maps keys read from an older name to that name) and where it came from."""
     try:
         return convert.structure(data, cls)
     except Exception as exc:
-        raise ConfigError(_error_lines(exc, prefix, origin)) from None
+        raise ConfigError(_error_lines(exc, prefix, origin, written or {})) from None
 
 
-def _error_lines(exc: Exception, prefix: str, origin: Mapping[str, str]) -> list[str]:
+def _error_lines(exc: Exception, prefix: str, origin: Mapping[str, str],
+                 written: Mapping[str, str]) -> list[str]:
     lines = []
     for key, message in convert.error_lines(exc):
         key = f"{prefix}.{key}" if prefix else key
         bare = key.split("[", 1)[0]
         where = origin.get(bare) or next(
             (s for k, s in origin.items() if k.startswith(f"{bare}.")), "settings")
+        if bare in written:
+            key = written[bare] + key[len(bare):]
         lines.append(f"{where}: {key}: {message}")
     return lines or [str(exc)]
 
@@ -450,6 +455,7 @@ def _error_lines(exc: Exception, prefix: str, origin: Mapping[str, str]) -> list
 def _structure(layers: list[tuple[str, dict[str, Any]]], sections: Sequence[SettingsSection],
                ignored: frozenset[str]) -> Settings:
     merged, origin = _merge(layers)
+    written: dict[str, str] = {}
     for section in sections:  # keys of older releases, where the plugin's own are not set
         for old, name in section.moved.items():
             parent, _, leaf = old.rpartition(".")
@@ -460,12 +466,14 @@ def _structure(layers: list[tuple[str, dict[str, Any]]], sections: Sequence[Sett
                 if isinstance(own, dict) and name not in own:
                     own[name] = value
                     origin[f"{section.name}.{name}"] = origin.get(old, "settings")
+                    written[f"{section.name}.{name}"] = old
     lines: list[str] = []
     values: dict[type, Any] = {}
     for section in sections:
         data = merged.pop(section.name, {})
         try:
-            values[section.type] = _structure_part(data, section.type, section.name, origin)
+            values[section.type] = _structure_part(data, section.type, section.name, origin,
+                                                   written)
         except ConfigError as exc:
             lines += list(exc.lines)
     for name in ignored:  # the section of a plugin these settings do not load

@@ -106,6 +106,8 @@ def test_bad_environment_names_variable_key_and_form(env: dict[str, str], expect
     ("[gatewya]\n", "gatewya: unknown key"),
     ("[plugins]\ndisable = 'cpu'\n", "plugins.disable: expected a list, got 'cpu'"),
     ("[ollama]\nnodes = [1]\n", "ollama.nodes: item 0: expected a string, got 1"),
+    ("[discovery]\nollama_nodes = [1]\n",  # an older release's key, named as written
+     "discovery.ollama_nodes: item 0: expected a string, got 1"),
     ("[llamacpp]\nlayer_strategy = 'random'\n",
      "llamacpp.layer_strategy: expected one of memory_aware, even, got 'random'"),
     ("[health]\ntimeout_s = true\n", "health.timeout_s: expected a number, got True"),
