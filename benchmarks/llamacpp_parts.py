@@ -28,6 +28,7 @@ from aiohttp import web
 from attrs import evolve
 from sollol_llamacpp.bridge import to_openai
 from sollol_llamacpp.rpc_probe import probe_rpc
+from sollol_llamacpp.settings import LlamacppSettings
 from sollol_llamacpp.workers import KIND as RPC_KIND
 
 from sollol_core.config import Settings
@@ -255,9 +256,9 @@ def gateway_settings(workers: Sequence[str], gguf: Path, bin_dir: Path) -> Setti
         "RPC_BACKENDS": ",".join(workers), "SOLLOL_LOAD_PLUGINS": "llamacpp",
         "SOLLOL_LLAMACPP_BIN_DIR": str(bin_dir), "SOLLOL_COORDINATOR_TIMEOUT": "120",
         "SOLLOL_HOST": HOST})
-    llamacpp = evolve(base.llamacpp, models={MODEL: str(gguf)}, context_size=CONTEXT_SIZE,
-                      parallel=PARALLEL)
-    return evolve(base, llamacpp=llamacpp)
+    own = base.section(LlamacppSettings)
+    return base.with_sections(evolve(own, models={MODEL: str(gguf)}, context_size=CONTEXT_SIZE,
+                                     parallel=PARALLEL))
 
 
 def _gateway(conn: Connection, workers: list[str], gguf: str, bin_dir: str) -> None:
