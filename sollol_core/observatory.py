@@ -16,7 +16,7 @@ from typing import Any
 from attrs import define, field
 
 from sollol_core.hookspecs import hookimpl
-from sollol_core.types import AttemptRecord, Decision, InferenceRequest, RequestRecord, model_key
+from sollol_core.types import AttemptRecord, Decision, InferenceRequest, RequestRecord
 
 
 def outcome_of(record: RequestRecord) -> str:
@@ -86,8 +86,6 @@ class Observatory:
     #: Totals since start: requests, ok, errors, refused, input and output tokens.
     totals: dict[str, int] = field(factory=lambda: dict.fromkeys(
         ("requests", "ok", "errors", "refused", "input_tokens", "output_tokens"), 0))
-    #: The latest shard plan seen per model (normalised name): (worker address, layers) pairs.
-    plans: dict[str, tuple[tuple[str, int | None], ...]] = field(factory=dict)
     #: Called after every change (the dashboard's event streams wake on it).
     listeners: list[Callable[[], None]] = field(factory=list)
 
@@ -105,8 +103,6 @@ class Observatory:
             layers += [None] * (len(decision.plan.workers) - len(layers))
             shards = tuple((w.address, n) for w, n in zip(decision.plan.workers, layers,
                                                           strict=False))
-            if any(n is not None for _, n in shards) or model_key(decision.model) not in self.plans:
-                self.plans[model_key(decision.model)] = shards
         self.decisions.append(DecisionEntry(
             at=decision.decided_at, request_id=decision.request_id, model=decision.model,
             operation=request.operation.value, policy=decision.policy, reason=decision.reason,
