@@ -144,7 +144,18 @@ async def test_workers_report_memory_then_busy_while_a_coordinator_holds_them(
     assert idle.state == "ok" and idle.version == (7, 0, 0)
     assert idle.devices and 0 < idle.devices[0].free_bytes <= idle.devices[0].total_bytes
     async with router([first, second], {"gemma3:270m": gemma}) as r:
-        await r.run(raw_generate("gemma3:270m", num_predict=2))
+        _, routing = await r.run(raw_generate("gemma3:270m", num_predict=2))
+        # what the dashboard and /metrics show of it: which layers sit on which worker
+        (panel,) = [p for p in r.plugins.dashboard_panels() if p.key == "llamacpp-coordinators"]
+        (group,) = panel.groups
+        assert group.title == "gemma3:270m" and group.status == "ok"
+        planned = routing.reason.split("layers ")[1].rstrip(")").split("/")
+        assert [row[1] for row in group.rows] == [
+            f"layers {start}–{start + int(n) - 1} ({n})"
+            for start, n in zip([0, int(planned[0])], planned, strict=True)]
+        gauges = {m.name: m.samples for m in r.plugins.metrics()}
+        assert gauges["sollol_coordinators"][0].value == 1
+        assert gauges["sollol_coordinator_workers"][0].value == 2
         held = await probe_rpc("127.0.0.1", int(first.split(":")[1]), timeout_s=0.5)
         assert held.state == "busy"
         snapshot = await r.fleet.refresh()
