@@ -189,21 +189,28 @@ class HybridRouter:
         if num_rpc_backends < 1:
             raise ValueError(f"num_rpc_backends must be at least 1, got {num_rpc_backends}")
         ggufs = _gguf_files(gguf_path)
-        self._llamacpp = _section("sollol_llamacpp.settings", "LlamacppSettings",
-                                  "sollol-llamacpp")
+        try:
+            self._llamacpp: type | None = _section(
+                "sollol_llamacpp.settings", "LlamacppSettings", "sollol-llamacpp")
+        except ImportError:
+            if enable_distributed or rpc_backends or gguf_path is not None:
+                raise
+            self._llamacpp = None  # nothing asked of llama.cpp: every request runs whole
         if ollama_pool is None:
             ollama_pool = OllamaPool(settings=settings, plugins=plugins)
-        current = ollama_pool.router.settings
-        own: Any = current.section(self._llamacpp)
-        ollama_pool.router.reconfigure(current.with_sections(attrs.evolve(
-            own, coordinator_timeout_s=coordinator_timeout,
-            rpc_backends=own.rpc_backends + tuple(_address(b) for b in rpc_backends or ()),
-            models={**own.models, **(ggufs if isinstance(ggufs, dict) else {})},
-            layer_strategy=layer_strategy,
-            distributed_threshold_params=distributed_threshold_params
-            if distributed_threshold_params is not None else own.distributed_threshold_params,
-            local_workers=num_rpc_backends if enable_distributed and auto_setup_rpc
-            else own.local_workers)))
+        if self._llamacpp is not None:
+            current = ollama_pool.router.settings
+            own: Any = current.section(self._llamacpp)
+            ollama_pool.router.reconfigure(current.with_sections(attrs.evolve(
+                own, coordinator_timeout_s=coordinator_timeout,
+                rpc_backends=own.rpc_backends + tuple(_address(b) for b in rpc_backends or ()),
+                models={**own.models, **(ggufs if isinstance(ggufs, dict) else {})},
+                layer_strategy=layer_strategy,
+                distributed_threshold_params=distributed_threshold_params
+                if distributed_threshold_params is not None
+                else own.distributed_threshold_params,
+                local_workers=num_rpc_backends if enable_distributed and auto_setup_rpc
+                else own.local_workers)))
         self.pool = ollama_pool
         self.enable_distributed = enable_distributed
         self.auto_discover_rpc = auto_discover_rpc
@@ -244,7 +251,7 @@ class HybridRouter:
         """With one ``gguf_path`` for all models, a model that no RPC worker can take (neither
         ``[llamacpp] models`` nor the Ollama store resolve it) gets that file, then the fleet is
         refreshed so that placement sees it."""
-        if self._default_gguf is None or not self.enable_distributed:
+        if self._default_gguf is None or not self.enable_distributed or self._llamacpp is None:
             return
         router = self.pool.router
         own: Any = router.settings.section(self._llamacpp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import pytest
@@ -88,6 +89,16 @@ async def test_hybrid_router_routes_and_counts() -> None:
     assert response["_routing"]["node"] == "a:11434"
     assert stats["requests"] == 1 and stats["distributed_requests"] == 0
     assert pool.router.settings.section(LlamacppSettings).rpc_backends == ("127.0.0.1:50052",)
+
+
+async def test_hybrid_router_without_the_llamacpp_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sollol_llamacpp.settings", None)  # not installed
+    pool = OllamaPool(plugins=plugins(two_nodes()))
+    async with HybridRouter(pool) as router:  # nothing asked of llama.cpp: runs whole
+        response = await router.route_request("llama3.2", [{"role": "user", "content": "Hi"}])
+    assert response["_routing"]["node"] == "a:11434"
+    with pytest.raises(ImportError, match="pip install sollol-llamacpp"):
+        HybridRouter(OllamaPool(plugins=plugins(two_nodes())), enable_distributed=True)
 
 
 def test_hybrid_router_rejects_an_unknown_layer_strategy() -> None:
