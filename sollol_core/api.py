@@ -171,19 +171,21 @@ class HybridRouter:
     The arguments are those of the original SOLLOL; ``rpc_backends`` takes
     ``[{"host": ..., "port": ...}]`` or ``"host:port"`` strings. ``gguf_path`` is the GGUF file
     that sharded requests load for any model neither ``[llamacpp] models`` nor the local Ollama
-    store resolves (or a ``{model: path}`` mapping). Sharding itself comes from the
-    ``sollol-llamacpp`` plugin; without it every request runs whole.
+    store resolves (or a ``{model: path}`` mapping). ``layer_strategy`` and
+    ``coordinator_timeout``, when not given, are the settings' (``[llamacpp]``: ``memory_aware``,
+    120 s). Sharding itself comes from the ``sollol-llamacpp`` plugin; without it every request
+    runs whole.
     """
 
     def __init__(self, ollama_pool: OllamaPool | None = None, *, enable_distributed: bool = False,
                  rpc_backends: Sequence[Address] | None = None, auto_discover_rpc: bool = False,
                  auto_setup_rpc: bool = False, num_rpc_backends: int = 1,
                  distributed_threshold_params: float | None = None,
-                 coordinator_timeout: float = 120.0,
+                 coordinator_timeout: float | None = None,
                  gguf_path: str | os.PathLike[str] | Mapping[str, str] | None = None,
-                 layer_strategy: str = "memory_aware", settings: Settings | None = None,
+                 layer_strategy: str | None = None, settings: Settings | None = None,
                  plugins: Plugins | None = None) -> None:
-        if layer_strategy not in {"memory_aware", "even"}:
+        if layer_strategy is not None and layer_strategy not in {"memory_aware", "even"}:
             raise ValueError(
                 f"layer_strategy must be 'memory_aware' or 'even', got {layer_strategy!r}")
         if num_rpc_backends < 1:
@@ -202,10 +204,10 @@ class HybridRouter:
             current = ollama_pool.router.settings
             own: Any = current.section(self._llamacpp)
             ollama_pool.router.reconfigure(current.with_sections(attrs.evolve(
-                own, coordinator_timeout_s=coordinator_timeout,
+                own, coordinator_timeout_s=coordinator_timeout or own.coordinator_timeout_s,
                 rpc_backends=own.rpc_backends + tuple(_address(b) for b in rpc_backends or ()),
                 models={**own.models, **(ggufs if isinstance(ggufs, dict) else {})},
-                layer_strategy=layer_strategy,
+                layer_strategy=layer_strategy or own.layer_strategy,
                 distributed_threshold_params=distributed_threshold_params
                 if distributed_threshold_params is not None
                 else own.distributed_threshold_params,
@@ -217,11 +219,14 @@ class HybridRouter:
         self.auto_setup_rpc = auto_setup_rpc
         self.num_rpc_backends = num_rpc_backends
         self.distributed_threshold_params = distributed_threshold_params
-        self.coordinator_timeout = coordinator_timeout
+        effective: Any = (ollama_pool.router.settings.section(self._llamacpp)
+                          if self._llamacpp is not None else None)
+        self.coordinator_timeout = (effective.coordinator_timeout_s if effective is not None
+                                    else coordinator_timeout)
         self.gguf_path = gguf_path
         #: The one GGUF given for every model that nothing else resolves (the seed's usage).
         self._default_gguf = ggufs if isinstance(ggufs, str) else None
-        self.layer_strategy = layer_strategy
+        self.layer_strategy = effective.layer_strategy if effective is not None else layer_strategy
         self._requests = 0
         self._distributed = 0
 

@@ -91,6 +91,21 @@ async def test_hybrid_router_routes_and_counts() -> None:
     assert pool.router.settings.section(LlamacppSettings).rpc_backends == ("127.0.0.1:50052",)
 
 
+def test_hybrid_router_takes_llamacpp_settings_its_arguments_do_not_override() -> None:
+    from sollol_core.config import Settings
+
+    settings = Settings(plugins=PluginSettings(load=())).with_sections(
+        LlamacppSettings(layer_strategy="even", coordinator_timeout_s=30.0))
+    router = HybridRouter(settings=settings, plugins=plugins(two_nodes()))
+    own = router.pool.router.settings.section(LlamacppSettings)
+    assert (own.layer_strategy, own.coordinator_timeout_s) == ("even", 30.0)
+    assert (router.layer_strategy, router.coordinator_timeout) == ("even", 30.0)
+    given = HybridRouter(settings=settings, plugins=plugins(two_nodes()),
+                         layer_strategy="memory_aware", coordinator_timeout=60)
+    assert given.pool.router.settings.section(LlamacppSettings).layer_strategy == "memory_aware"
+    assert given.coordinator_timeout == 60
+
+
 async def test_hybrid_router_without_the_llamacpp_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sollol_llamacpp.settings", None)  # not installed
     pool = OllamaPool(plugins=plugins(two_nodes()))
