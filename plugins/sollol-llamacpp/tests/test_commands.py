@@ -22,6 +22,7 @@ def test_install_is_instant_when_cached(binaries: Binaries) -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert "llama-server:" in done.stdout and "rpc worker:" in done.stdout
+    assert "demo model:" in done.stdout and "SmolLM2-135M-Instruct.Q4_1.gguf" in done.stdout
     assert time.monotonic() - started < 30  # no build ran (a build takes minutes)
 
 
@@ -74,6 +75,10 @@ def test_demo_runs_one_request_whole_and_one_sharded_then_stops_everything(
     assert ran_on[0].startswith("llamacpp://127.0.0.1:")
     assert ran_on[1].startswith("sharded:127.0.0.1:") and ran_on[1].count(",") == 1
     assert "forced by [llamacpp] shard" in done.stdout
+    answers = [line.split("answer:", 1)[1].lower() for line in done.stdout.splitlines()
+               if "answer:" in line]
+    assert len(answers) == 2  # an instruct model answers the question, whole and sharded alike
+    assert all(all(colour in a for colour in ("red", "blue", "yellow")) for a in answers), answers
     left = [p for p in psutil.process_iter(["name"]) if p.pid not in before
             and p.info["name"] in {"llama-server", "ggml-rpc-server", "rpc-server"}]
     assert left == []

