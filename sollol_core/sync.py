@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -21,12 +23,17 @@ from sollol_core.api import Priority
 __all__ = ["HybridRouter", "OllamaPool", "Priority"]
 
 T = TypeVar("T")
+#: At exit, how long open routers get to stop what they started (children get SIGKILL after).
+CLOSE_AT_EXIT_S = 20.0
 
 
 class _LoopThread:
-    """An event loop running forever in a daemon thread."""
+    """An event loop running forever in a daemon thread, and the routers made on it: a program
+    that never calls ``close()`` still has them closed at exit, so nothing they started (RPC
+    workers, coordinators) outlives it."""
 
     def __init__(self) -> None:
+        self.routers: weakref.WeakSet[api.OllamaPool | api.HybridRouter] = weakref.WeakSet()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="sollol-sync-loop",
                                        daemon=True)
@@ -56,6 +63,12 @@ class _LoopThread:
 
     def stop(self) -> None:
         if self.loop.is_running():
+            routers = list(self.routers)
+            if routers:
+                closing = asyncio.gather(*(r.close() for r in routers), return_exceptions=True)
+                with contextlib.suppress(Exception):  # exiting anyway: children die with us
+                    asyncio.run_coroutine_threadsafe(
+                        asyncio.wait_for(closing, CLOSE_AT_EXIT_S), self.loop).result()
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
 
@@ -105,7 +118,9 @@ class OllamaPool(_Mirror):
         async def build() -> api.OllamaPool:
             return api.OllamaPool(*args, **kwargs)
 
-        self._async = _portal().run(build())
+        portal = _portal()
+        self._async = portal.run(build())
+        portal.routers.add(self._async)
 
     @classmethod
     def auto_configure(cls, **kwargs: Any) -> OllamaPool:
@@ -133,7 +148,9 @@ class HybridRouter(_Mirror):
         async def build() -> api.HybridRouter:
             return api.HybridRouter(inner_pool, **kwargs)
 
-        self._async = _portal().run(build())
+        portal = _portal()
+        self._async = portal.run(build())
+        portal.routers.add(self._async)
 
     start = _mirror(api.HybridRouter.start)
     close = _mirror(api.HybridRouter.close)

@@ -1,8 +1,10 @@
 """Child processes SOLLOL starts (RPC workers, coordinators): started with a log file, stopped
 with SOLLOL, never left behind.
 
-On Linux each child asks the kernel to send it SIGTERM when its parent dies
-(``PR_SET_PDEATHSIG``), so even a SOLLOL that is killed outright leaves no orphan.
+On Linux each child asks the kernel to send it SIGKILL when its parent dies
+(``PR_SET_PDEATHSIG``), so even a SOLLOL that is killed outright, or a program that exits
+without closing its router, leaves no orphan. SIGKILL, not SIGTERM: a coordinator whose parent
+is gone has nothing to finish, and llama-server can hang in its own shutdown.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @define

@@ -1,0 +1,80 @@
+"""A program that uses SOLLOL and never closes it (the guide's examples never do), or that is
+killed outright, leaves no llama.cpp process behind: not a coordinator, not a worker, no zombie."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from sollol_llamacpp.binaries import Binaries
+
+from .conftest import LLAMA_PROCESSES
+
+#: The seed guide's shape: a synchronous HybridRouter that starts its own workers, one sharded
+#: request, and no close().
+PROGRAM = """
+import sys
+from sollol_core.config import Settings
+from sollol_core.sync import HybridRouter
+
+router = HybridRouter(enable_distributed=True, auto_setup_rpc=True, num_rpc_backends=2,
+                      gguf_path=sys.argv[1],
+                      settings=Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
+                                                      "SOLLOL_LLAMACPP_BIN_DIR": sys.argv[2]}))
+reply = router.route_request("gemma3:270m", [{"role": "user", "content": "Hi"}], max_tokens=2)
+print(reply["_routing"]["backend"], flush=True)
+if sys.argv[3] == "wait":
+    import time
+    time.sleep(600)
+"""
+
+
+def llama_processes() -> dict[int, str]:
+    """Every llama.cpp process on this machine, zombies included, with its state."""
+    found = {}
+    for process in psutil.process_iter(["name", "status"]):
+        if process.info["name"] in LLAMA_PROCESSES:
+            found[process.pid] = process.info["status"]
+    return found
+
+
+def run(gemma: Path, binaries: Binaries, mode: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOLLOL_", "OLLAMA_"))}
+    return subprocess.Popen(
+        [sys.executable, "-c", PROGRAM, str(gemma), str(binaries.rpc_server.parent), mode],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_a_program_that_never_closes_its_router_leaves_nothing(
+        gemma: Path, binaries: Binaries) -> None:
+    before = llama_processes()
+    program = run(gemma, binaries, "exit")
+    out, err = program.communicate(timeout=300)
+    assert program.returncode == 0, err
+    assert out.split() == ["sharded"]
+    left = {pid: state for pid, state in llama_processes().items() if pid not in before}
+    assert left == {}  # stopped and reaped before the program ended
+
+
+def test_a_program_killed_outright_takes_its_llama_processes_with_it(
+        gemma: Path, binaries: Binaries) -> None:
+    before = llama_processes()
+    program = run(gemma, binaries, "wait")
+    assert program.stdout is not None
+    assert program.stdout.readline().split() == ["sharded"]
+    started = {pid for pid in llama_processes() if pid not in before}
+    assert len(started) == 3  # two workers and the coordinator
+    program.send_signal(signal.SIGKILL)  # no atexit, no cleanup: only the kernel is left
+    program.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            state != psutil.STATUS_ZOMBIE for pid, state in llama_processes().items()
+            if pid in started):
+        time.sleep(0.1)
+    assert not [pid for pid, state in llama_processes().items()
+                if pid in started and state != psutil.STATUS_ZOMBIE]
