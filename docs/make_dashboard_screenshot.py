@@ -115,7 +115,7 @@ class Coordinator:
             return None
         plan = ShardPlan(workers=WORKERS, tensor_split=(0.45, 0.55), layers=(36, 44))
         return Decision.sharded(request, plan, policy="llamacpp", reason=(
-            "70.55B parameters is over the distributed_threshold_params of 20.00B; "
+            "70.55B parameters is over the distributed_threshold_params of 20B; "
             "reusing its coordinator on 2 RPC workers"))
 
     @hookimpl

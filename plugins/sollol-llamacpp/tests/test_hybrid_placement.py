@@ -111,6 +111,19 @@ def test_the_safety_margin_counts(policy: Policy) -> None:
     assert place(policy, just_enough).target is not None
 
 
+def test_distributed_threshold_params_counts_billions_as_the_guide_writes_it(
+        policy: Policy) -> None:
+    fleet = FleetSnapshot(nodes=(ollama_node("10.0.0.5"), *workers()))  # it fits the node
+    policy.settings = policy.settings.with_sections(
+        evolve(policy.options, distributed_threshold_params=30))
+    assert place(policy, fleet).target is not None  # an 8B model is under 30B: whole
+    policy.settings = policy.settings.with_sections(
+        evolve(policy.options, distributed_threshold_params=5))
+    decision = place(policy, fleet)
+    assert decision.plan is not None
+    assert "B parameters is over the distributed_threshold_params of 5B" in decision.reason
+
+
 def test_a_node_with_the_model_loaded_or_unmeasured_memory_keeps_it_whole(
         policy: Policy) -> None:
     loaded = FleetSnapshot(nodes=(ollama_node("10.0.0.5", loaded=True), *workers()),

@@ -107,7 +107,7 @@ async def test_a_big_model_is_sharded_even_if_a_node_holds_it_but_embeddings_sta
     base = Settings.load(environ={"SOLLOL_LLAMACPP_SERVERS": llama_node,
                                   "RPC_BACKENDS": ",".join(shared_workers[:2]),
                                   "SOLLOL_LOAD_PLUGINS": "llamacpp",
-                                  "SOLLOL_DISTRIBUTED_THRESHOLD_PARAMS": "1e8"})
+                                  "SOLLOL_DISTRIBUTED_THRESHOLD_PARAMS": "0.1"})
     settings = base.with_sections(evolve(base.section(LlamacppSettings),
                                          models={MODEL: str(gemma)}, context_size=1024,
                                          parallel=1))
@@ -125,5 +125,5 @@ async def test_a_big_model_is_sharded_even_if_a_node_holds_it_but_embeddings_sta
     finally:
         await router.stop()
     assert chat.plan is not None
-    assert "parameters is over the distributed_threshold_params of 0.10B" in chat.reason
+    assert "parameters is over the distributed_threshold_params of 0.1B" in chat.reason
     assert embed.target is not None and embed.target.kind == "llamacpp"

@@ -47,7 +47,7 @@ def place(request: InferenceRequest, fleet: FleetSnapshot, options: LlamacppSett
         return None
     forced = any(key == model_key(m) for m in options.shard)
     threshold = options.distributed_threshold_params
-    big = bool(threshold and footprint and footprint.parameter_count >= threshold)
+    big = bool(threshold and footprint and footprint.parameter_count >= threshold * 1e9)
     whole_bytes = _whole_bytes(model, footprint, holders, options)
     wanted = whole_bytes * (1 + options.memory_margin)
     room: list[int] = []
@@ -62,7 +62,7 @@ def place(request: InferenceRequest, fleet: FleetSnapshot, options: LlamacppSett
         why = "forced by [llamacpp] shard"
     elif big and footprint is not None and threshold is not None:
         why = (f"{footprint.parameter_count / 1e9:.2f}B parameters is over the "
-               f"distributed_threshold_params of {threshold / 1e9:.2f}B")
+               f"distributed_threshold_params of {threshold:g}B")
     elif holders:
         largest = max(room)
         why = (f"needs {whole_bytes / GIB:.2f} GiB (+{options.memory_margin:.0%} margin) whole; "

@@ -4,6 +4,7 @@ models available for sharding, coordinators."""
 from __future__ import annotations
 
 from attrs import field, frozen
+from attrs.validators import optional
 
 from sollol_core.config import (
     Flag,
@@ -41,8 +42,9 @@ class LlamacppSettings:
     agent_workers: int = field(default=0, validator=not_negative)
     #: Workers a split uses at the least when that many are free (a split over one is no split).
     min_shard_workers: int = field(default=2, validator=positive)
-    #: Models with at least this many parameters are sharded even if a node holds them whole.
-    distributed_threshold_params: float | None = None
+    #: Models with at least this many billion parameters (30: 30B, as the seed guide writes it)
+    #: are sharded even if a node holds them whole.
+    distributed_threshold_params: float | None = field(default=None, validator=optional(positive))
     #: How layers are split: in proportion to free memory, or evenly.
     layer_strategy: str = field(default="memory_aware", validator=one_of("memory_aware", "even"))
     #: Room kept free when deciding that a model fits a node whole (0.1: it needs 110 % of its
