@@ -255,7 +255,8 @@ class HybridRouter:
     async def _offer_default_gguf(self, model: str) -> None:
         """With one ``gguf_path`` for all models, a model that no RPC worker can take (neither
         ``[llamacpp] models`` nor the Ollama store resolve it) gets that file, then the fleet is
-        refreshed so that placement sees it."""
+        refreshed so that placement sees it. Never a model some node of the fleet has listed,
+        even one that is down now: that name means another model's weights."""
         if self._default_gguf is None or not self.enable_distributed or self._llamacpp is None:
             return
         router = self.pool.router
@@ -263,6 +264,8 @@ class HybridRouter:
         if any(model_key(m) == model_key(model) for m in own.models):
             return
         if any(n.holds(model) for n in router.fleet.snapshot().nodes if n.role is Role.WORKER):
+            return
+        if router.fleet.knows_model(model):
             return
         router.reconfigure(router.settings.with_sections(attrs.evolve(
             own, models={**own.models, model: self._default_gguf})))

@@ -18,7 +18,7 @@ from attrs import define, evolve, field
 from sollol_core.config import Settings
 from sollol_core.plugins import Plugins
 from sollol_core.stats import PerformanceBook
-from sollol_core.types import Endpoint, FleetSnapshot, NodeSnapshot, Telemetry
+from sollol_core.types import Endpoint, FleetSnapshot, NodeSnapshot, Role, Telemetry, model_key
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ class Fleet:
     _local_host: str = field(factory=socket.gethostname)
     #: Called with every probe's snapshot (the router's circuit breakers listen).
     probe_listeners: list[Callable[[NodeSnapshot], None]] = field(factory=list)
+    #: Every model a whole-model node has listed since the fleet started (normalised names).
+    _models_seen: set[str] = field(factory=set)
 
     def snapshot(self) -> FleetSnapshot:
         """Frozen view for placement; snapshots older than ``stale_after_s`` are dropped."""
@@ -43,6 +45,11 @@ class Fleet:
         return FleetSnapshot(nodes=nodes, telemetry=self._telemetry,
                              performance=self.performance.snapshot(), local_host=self._local_host,
                              facts=self.plugins.fleet_facts())
+
+    def knows_model(self, model: str) -> bool:
+        """Whether a whole-model node has listed ``model`` since the fleet started, even if that
+        node is down now (its name then means that model, not any other file)."""
+        return model_key(model) in self._models_seen
 
     def add(self, endpoint: Endpoint) -> None:
         """Track an endpoint that discovery would not find (e.g. one the Python API was given)."""
@@ -67,6 +74,8 @@ class Fleet:
         telemetry = await telemetry_task
         for snapshot in snapshots:
             if snapshot is not None:
+                if snapshot.role is Role.NODE:
+                    self._models_seen.update(model_key(m.name) for m in snapshot.models)
                 for listener in self.probe_listeners:
                     listener(snapshot)
                 known = self._nodes.get(snapshot.endpoint.key)

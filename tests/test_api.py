@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from pathlib import Path
 
 import pytest
+from attrs import evolve
 from sollol_llamacpp.settings import LlamacppSettings
 
 from sollol_core import HybridRouter, OllamaPool, Priority, sync
@@ -14,6 +16,7 @@ from sollol_core.config import PluginSettings
 from sollol_core.errors import BackendError, NoRouteError
 from sollol_core.plugins import Plugins
 from sollol_core.testing import Recorder, StaticBackend, node
+from sollol_core.types import Health
 
 
 def plugins(backend: StaticBackend, *more: tuple[str, object]) -> Plugins:
@@ -89,6 +92,25 @@ async def test_hybrid_router_routes_and_counts() -> None:
     assert response["_routing"]["node"] == "a:11434"
     assert stats["requests"] == 1 and stats["distributed_requests"] == 0
     assert pool.router.settings.section(LlamacppSettings).rpc_backends == ("127.0.0.1:50052",)
+
+
+async def test_one_gguf_path_never_answers_for_a_model_the_fleet_knows(tmp_path: Path) -> None:
+    gguf = tmp_path / "other-model.gguf"
+    gguf.write_bytes(b"GGUF")
+    backend = two_nodes()
+    pool = OllamaPool(plugins=plugins(backend))
+    hi = [{"role": "user", "content": "Hi"}]
+    async with HybridRouter(pool, enable_distributed=True, gguf_path=gguf) as router:
+        backend.nodes = [evolve(n, health=Health.DOWN, models=()) for n in backend.nodes]
+        await pool.router.fleet.refresh()  # every node that holds llama3.2 is down now
+        with pytest.raises(NoRouteError):
+            await router.route_request("llama3.2", hi)
+        models = pool.router.settings.section(LlamacppSettings).models
+        assert "llama3.2" not in models  # its name means its own weights, not that file
+        with pytest.raises(NoRouteError):  # no RPC worker here to run it
+            await router.route_request("mystery", hi)
+        models = pool.router.settings.section(LlamacppSettings).models
+        assert models["mystery"] == str(gguf)  # a name no node ever listed gets the file
 
 
 def test_hybrid_router_takes_llamacpp_settings_its_arguments_do_not_override() -> None:
