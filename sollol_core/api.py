@@ -80,6 +80,10 @@ class OllamaPool:
         await pool.start()
         return pool
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     async def start(self) -> None:
         if not self._started:
             await self.router.start()
@@ -214,6 +218,9 @@ class HybridRouter:
                 local_workers=num_rpc_backends if enable_distributed and auto_setup_rpc
                 else own.local_workers)))
         self.pool = ollama_pool
+        #: A pool that already runs (``OllamaPool.auto_configure()``) looks for the workers and
+        #: GGUFs given here before its next request, not at its next probe round.
+        self._rediscover = ollama_pool.started and self._llamacpp is not None
         self.enable_distributed = enable_distributed
         self.auto_discover_rpc = auto_discover_rpc
         self.auto_setup_rpc = auto_setup_rpc
@@ -247,10 +254,18 @@ class HybridRouter:
         """Whether the placement policies would shard ``model`` now."""
         if not self.enable_distributed:
             return False
-        await self.pool.start()
+        await self._ready()
         await self._offer_default_gguf(model)
         decision = self.pool.router.decide(InferenceRequest.chat(model, []))
         return decision.plan is not None
+
+    async def _ready(self) -> None:
+        """The pool started, and, when it already ran before this router was made, its fleet
+        refreshed once with this router's settings (workers given or to start, GGUFs)."""
+        await self.pool.start()
+        if self._rediscover:
+            self._rediscover = False
+            await self.pool.router.fleet.refresh()
 
     async def _offer_default_gguf(self, model: str) -> None:
         """With one ``gguf_path`` for all models, a model that no RPC worker can take (neither
@@ -275,7 +290,7 @@ class HybridRouter:
                             priority: int = Priority.NORMAL, timeout: float | None = None,
                             max_tokens: int | None = None, **fields: Any) -> Any:
         """Chat with ``model`` wherever placement puts it; the response carries ``_routing``."""
-        await self.pool.start()
+        await self._ready()
         await self._offer_default_gguf(model)
         if max_tokens is not None:
             options = dict(fields.pop("options", {}) or {})

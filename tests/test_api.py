@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -111,6 +112,22 @@ async def test_one_gguf_path_never_answers_for_a_model_the_fleet_knows(tmp_path:
             await router.route_request("mystery", hi)
         models = pool.router.settings.section(LlamacppSettings).models
         assert models["mystery"] == str(gguf)  # a name no node ever listed gets the file
+
+
+async def test_rpc_backends_given_to_a_running_pool_are_used_by_its_next_request() -> None:
+    with socket.socket() as s:  # a port nothing listens on: the worker is known, and down
+        s.bind(("127.0.0.1", 0))
+        worker = f"127.0.0.1:{s.getsockname()[1]}"
+    pool = OllamaPool(plugins=Plugins.load(PluginSettings(load=("llamacpp",)),
+                                           extra=[("static", two_nodes())]))
+    await pool.start()  # as OllamaPool.auto_configure() leaves it
+    try:
+        router = HybridRouter(pool, enable_distributed=True, rpc_backends=[worker])
+        await router.route_request("llama3.2", [{"role": "user", "content": "Hi"}])
+        known = {n.endpoint.address for n in pool.router.fleet.snapshot().nodes}
+        assert worker in known  # not only after the next probe round (5 s)
+    finally:
+        await pool.close()
 
 
 def test_hybrid_router_takes_llamacpp_settings_its_arguments_do_not_override() -> None:

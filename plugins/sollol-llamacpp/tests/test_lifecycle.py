@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from sollol_llamacpp.binaries import Binaries
+from sollol_llamacpp.plugin import LlamacppPlugin
 
 from .conftest import LLAMA_PROCESSES
 
@@ -78,3 +80,31 @@ def test_a_program_killed_outright_takes_its_llama_processes_with_it(
         time.sleep(0.1)
     assert not [pid for pid, state in llama_processes().items()
                 if pid in started and state != psutil.STATUS_ZOMBIE]
+
+
+async def test_auto_setup_over_an_auto_configured_pool_starts_the_workers_it_asks_for(
+        gemma: Path, binaries: Binaries, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guide's first example: the pool is already running when the HybridRouter asks for
+    RPC workers; they start before its first request, and that request is sharded over them."""
+    from sollol_core.api import HybridRouter, OllamaPool
+    from sollol_core.config import Settings
+
+    monkeypatch.setenv("SOLLOL_LLAMACPP_BIN_DIR", str(binaries.rpc_server.parent))
+    settings = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp,ollama",
+                                      "SOLLOL_IMPLICIT_NODES": "false",
+                                      "SOLLOL_LLAMACPP_BIN_DIR": str(binaries.rpc_server.parent)})
+    pool = await OllamaPool.auto_configure(settings=settings)
+    router = HybridRouter(ollama_pool=pool, enable_distributed=True, auto_setup_rpc=True,
+                          num_rpc_backends=2, gguf_path=gemma)
+    try:
+        reply = await router.route_request("gemma3:270m", [{"role": "user", "content": "Hi"}],
+                                           max_tokens=2)
+        plugin = pool.router.plugins.get(LlamacppPlugin)
+        assert plugin is not None and plugin.pool is not None
+        started = {w.endpoint.address for w in plugin.pool.workers}
+        assert len(started) == 2
+        assert reply["_routing"]["backend"] == "sharded"
+        assert set(reply["_routing"]["node"].removeprefix("sharded:").split(",")) == started
+    finally:
+        await router.close()
+    assert plugin.pool is None  # stopped with the router

@@ -133,9 +133,7 @@ class LlamacppPlugin:
         watcher: asyncio.Task[None] | None = None
         async with self.sessions.hold():
             try:
-                if self.options.local_workers:
-                    self.pool = WorkerPool(self.find_binaries())
-                    await self.pool.start(self.options.local_workers)
+                await self._ensure_local_workers()
                 watcher = asyncio.create_task(self.coordinators.watch(self.options.idle_unload_s))
                 yield
             finally:
@@ -150,6 +148,18 @@ class LlamacppPlugin:
                     await self.pool.stop()
                     self.pool = None
                 await self.agent_workers.release(settings, self.sessions)
+
+    async def _ensure_local_workers(self) -> None:
+        """As many local RPC workers as ``local_workers`` asks (a router reconfigured while it
+        runs, e.g. by ``HybridRouter(auto_setup_rpc=True)`` over a started pool, gets them at
+        its next discovery)."""
+        missing = self.options.local_workers - (len(self.pool.workers) if self.pool else 0)
+        if missing <= 0:
+            return
+        if self.pool is None:
+            self.pool = WorkerPool(self.find_binaries())
+        log.info("starting %d local RPC worker(s)", missing)
+        await self.pool.start(missing)
 
     @hookimpl
     def sollol_discover(self, settings: Settings) -> Awaitable[Sequence[Endpoint]]:
@@ -166,6 +176,8 @@ class LlamacppPlugin:
         self.unreadable = unreadable
         self._changed()
         options = settings.section(LlamacppSettings)
+        if self.coordinators is not None:  # running: changed settings may want more workers
+            await self._ensure_local_workers()
         found = [Endpoint.parse(RPC_KIND, a, default_port=50052) for a in options.rpc_backends]
         found += [Endpoint.parse(SERVER_KIND, a, default_port=8080) for a in options.servers]
         if self.pool is not None:
