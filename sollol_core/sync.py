@@ -113,10 +113,12 @@ class _Mirror:
 
 class OllamaPool(_Mirror):
     __doc__ = api.OllamaPool.__doc__
+    #: The async class mirrored (a subclass may mirror a subclass of it).
+    _async_class: type[api.OllamaPool] = api.OllamaPool
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         async def build() -> api.OllamaPool:
-            return api.OllamaPool(*args, **kwargs)
+            return self._async_class(*args, **kwargs)
 
         portal = _portal()
         self._async = portal.run(build())
@@ -141,12 +143,14 @@ class OllamaPool(_Mirror):
 
 class HybridRouter(_Mirror):
     __doc__ = api.HybridRouter.__doc__
+    #: The async class mirrored (a subclass may mirror a subclass of it).
+    _async_class: type[api.HybridRouter] = api.HybridRouter
 
     def __init__(self, ollama_pool: OllamaPool | None = None, **kwargs: Any) -> None:
         inner_pool = ollama_pool._async if ollama_pool is not None else None
 
         async def build() -> api.HybridRouter:
-            return api.HybridRouter(inner_pool, **kwargs)
+            return self._async_class(inner_pool, **kwargs)
 
         portal = _portal()
         self._async = portal.run(build())

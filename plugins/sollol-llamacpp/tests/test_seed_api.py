@@ -1,0 +1,66 @@
+"""The ``sollol`` package's llama.cpp side, as the SOLLOL guide uses it, with real RPC workers
+and a real coordinator: ``test_rpc_backend``, ``OllamaGGUFResolver``, and a sharded request whose
+``_routing`` and ``router.coordinator`` read as the guide prints them."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from sollol import HybridRouter, OllamaPool
+from sollol.ollama_gguf_resolver import OllamaGGUFResolver
+from sollol.rpc_discovery import test_rpc_backend
+from sollol_core.config import Settings
+
+from .test_ollama_store import add_model
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_rpc_backend_answers_for_a_real_worker_only(shared_workers: list[str]) -> None:
+    host, port = shared_workers[0].split(":")
+    assert test_rpc_backend(host, int(port)) is True
+    assert test_rpc_backend("127.0.0.1", closed_port()) is False
+
+
+def test_the_resolver_finds_a_model_in_the_ollama_store(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    add_model(root, "registry.ollama.ai", "library", "llama3.1", "70b")
+    resolver = OllamaGGUFResolver(environ={"OLLAMA_MODELS": str(root),
+                                           "HOME": str(tmp_path / "home")})
+    path = resolver.get_gguf_path("llama3.1:70b")
+    assert path is not None and Path(path).read_bytes()[:4] == b"GGUF"
+    assert resolver.get_gguf_path("llama3.1:405b") is None
+
+
+async def test_a_sharded_request_reads_as_the_guide_prints_it(
+        gemma: Path, shared_workers: list[str], tmp_path: Path) -> None:
+    settings = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
+                                      "SOLLOL_IMPLICIT_NODES": "false",
+                                      "OLLAMA_MODELS": str(tmp_path / "no-store")})
+    router = HybridRouter(ollama_pool=OllamaPool(settings=settings), enable_distributed=True,
+                          rpc_backends=[{"host": "127.0.0.1", "port": int(w.split(":")[1])}
+                                        for w in shared_workers[:2]],
+                          gguf_path=str(gemma))
+    try:
+        response = await router.route_request(
+            model="gemma3:270m", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        routing = response["_routing"]
+        assert f"Backend: {routing['backend']}" == "Backend: llama.cpp-distributed"
+        coordinator = router.coordinator
+        assert coordinator is not None and coordinator.is_running()
+        assert routing["coordinator_url"] == coordinator.base_url
+        assert router.coordinator_model == "gemma3:270m"
+        assert len(coordinator.rpc_backends) == 2
+        assert {f"{b['host']}:{b['port']}" for b in coordinator.rpc_backends} == set(
+            shared_workers[:2])
+        stats = router.get_stats()
+        assert stats["distributed_requests"] == 1 and stats["active_rpc_backends"] == 2
+        assert stats["coordinator_uptime_seconds"] >= 0
+    finally:
+        await router.close()
+    assert router.coordinator is None  # stopped with the router
