@@ -177,13 +177,14 @@ class HybridRouter:
     that sharded requests load for any model neither ``[llamacpp] models`` nor the local Ollama
     store resolves (or a ``{model: path}`` mapping). ``layer_strategy`` and
     ``coordinator_timeout``, when not given, are the settings' (``[llamacpp]``: ``memory_aware``,
-    120 s). Sharding itself comes from the ``sollol-llamacpp`` plugin; without it every request
-    runs whole.
+    120 s). ``num_rpc_backends=N`` makes a split use N workers when N are free (and starts N
+    local workers with ``auto_setup_rpc``). Sharding itself comes from the ``sollol-llamacpp``
+    plugin; without it every request runs whole.
     """
 
     def __init__(self, ollama_pool: OllamaPool | None = None, *, enable_distributed: bool = False,
                  rpc_backends: Sequence[Address] | None = None, auto_discover_rpc: bool = False,
-                 auto_setup_rpc: bool = False, num_rpc_backends: int = 1,
+                 auto_setup_rpc: bool = False, num_rpc_backends: int | None = None,
                  distributed_threshold_params: float | None = None,
                  coordinator_timeout: float | None = None,
                  gguf_path: str | os.PathLike[str] | Mapping[str, str] | None = None,
@@ -192,7 +193,7 @@ class HybridRouter:
         if layer_strategy is not None and layer_strategy not in {"memory_aware", "even"}:
             raise ValueError(
                 f"layer_strategy must be 'memory_aware' or 'even', got {layer_strategy!r}")
-        if num_rpc_backends < 1:
+        if num_rpc_backends is not None and num_rpc_backends < 1:
             raise ValueError(f"num_rpc_backends must be at least 1, got {num_rpc_backends}")
         ggufs = _gguf_files(gguf_path)
         try:
@@ -215,8 +216,10 @@ class HybridRouter:
                 distributed_threshold_params=distributed_threshold_params
                 if distributed_threshold_params is not None
                 else own.distributed_threshold_params,
-                local_workers=num_rpc_backends if enable_distributed and auto_setup_rpc
-                else own.local_workers)))
+                local_workers=(num_rpc_backends or 1) if enable_distributed and auto_setup_rpc
+                else own.local_workers,
+                # asking for N backends means a split over N when N are free
+                min_shard_workers=max(own.min_shard_workers, num_rpc_backends or 0))))
         self.pool = ollama_pool
         #: A pool that already runs (``OllamaPool.auto_configure()``) looks for the workers and
         #: GGUFs given here before its next request, not at its next probe round.
@@ -224,7 +227,7 @@ class HybridRouter:
         self.enable_distributed = enable_distributed
         self.auto_discover_rpc = auto_discover_rpc
         self.auto_setup_rpc = auto_setup_rpc
-        self.num_rpc_backends = num_rpc_backends
+        self.num_rpc_backends = num_rpc_backends or 1
         self.distributed_threshold_params = distributed_threshold_params
         effective: Any = (ollama_pool.router.settings.section(self._llamacpp)
                           if self._llamacpp is not None else None)

@@ -64,3 +64,20 @@ async def test_a_sharded_request_reads_as_the_guide_prints_it(
     finally:
         await router.close()
     assert router.coordinator is None  # stopped with the router
+
+
+async def test_asking_for_three_backends_splits_over_three(
+        gemma: Path, shared_workers: list[str], tmp_path: Path) -> None:
+    settings = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
+                                      "SOLLOL_IMPLICIT_NODES": "false",
+                                      "OLLAMA_MODELS": str(tmp_path / "no-store")})
+    router = HybridRouter(ollama_pool=OllamaPool(settings=settings), enable_distributed=True,
+                          rpc_backends=list(shared_workers), num_rpc_backends=3,
+                          gguf_path=str(gemma))
+    try:
+        response = await router.route_request(
+            model="gemma3:270m", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert "over 3 RPC workers" in response["_routing"]["reason"]
+        assert router.coordinator is not None and len(router.coordinator.rpc_backends) == 3
+    finally:
+        await router.close()
