@@ -12,6 +12,7 @@ from attrs import frozen
 
 from sollol._plugins import plugin_attribute
 from sollol_core import api
+from sollol_core.errors import NoRouteError
 from sollol_core.types import model_key
 
 __all__ = ["MODEL_PROFILES", "CoordinatorInfo", "HybridRouter"]
@@ -32,6 +33,20 @@ MODEL_PROFILES: dict[str, dict[str, Any]] = {
     "mixtral:8x7b": {"parameter_count": 47, "estimated_memory_gb": 26,
                      "requires_distributed": True},
 }
+
+def _profile(model: str) -> Mapping[str, Any] | None:
+    key = model_key(model)
+    return next((p for name, p in MODEL_PROFILES.items() if model_key(name) == key), None)
+
+
+def _no_gguf(model: str) -> str:
+    """Which file is missing, and the three ways to supply it."""
+    return (f"{model} is on no node of the fleet, and there is no GGUF file for it here to "
+            f"shard it from. Supply one of three ways: pull it with Ollama on this machine "
+            f"(ollama pull {model}: SOLLOL reads Ollama's model store), name its file in the "
+            f'settings ([llamacpp] models = {{"{model}" = "/path/to/model.gguf"}}), or pass '
+            f"gguf_path=\"/path/to/model.gguf\" to HybridRouter")
+
 
 POOL = "ollama-pool"
 DISTRIBUTED = "llama.cpp-distributed"
@@ -74,9 +89,38 @@ class HybridRouter(api.HybridRouter):
                              f"(model_filter), not {model!r}")
 
     async def should_use_distributed(self, model: str) -> bool:
+        """Whether ``model`` would be sharded: placement's decision where the fleet or a GGUF
+        here knows the model, else its ``MODEL_PROFILES`` entry (``requires_distributed``, or
+        over ``distributed_threshold_params`` billion parameters)."""
         if self.model_filter and all(model_key(model) != model_key(m) for m in self.model_filter):
             return False
-        return await super().should_use_distributed(model)
+        if not self.enable_distributed:
+            return False
+        await self._ready()
+        if self._known_here(model):
+            return await super().should_use_distributed(model)
+        profile = _profile(model)
+        if profile is None:
+            return False
+        threshold = (self.pool.router.settings.section(self._llamacpp).distributed_threshold_params
+                     if self._llamacpp is not None else self.distributed_threshold_params)
+        return bool(profile.get("requires_distributed")) or bool(
+            threshold and float(profile.get("parameter_count", 0)) >= threshold)
+
+    def _known_here(self, model: str) -> bool:
+        """Whether some node lists ``model`` or a GGUF for it is known (configured, in the
+        Ollama store, or the ``gguf_path`` given)."""
+        if self._default_gguf is not None or self.pool.router.fleet.knows_model(model):
+            return True
+        if any(n.holds(model) for n in self.pool.router.fleet.snapshot().nodes):
+            return True
+        plugin = self._llamacpp_plugin()
+        return plugin is not None and plugin.gguf_for(model) is not None
+
+    def _llamacpp_plugin(self) -> Any:
+        plugin_class = plugin_attribute("sollol_llamacpp.plugin", "LlamacppPlugin",
+                                        "sollol-llamacpp")
+        return self.pool.router.plugins.get(plugin_class)
 
     async def route_request(self, model: str, messages: Sequence[Mapping[str, Any]],
                             **kwargs: Any) -> Any:
@@ -84,6 +128,9 @@ class HybridRouter(api.HybridRouter):
         ``llama.cpp-distributed`` for a sharded request (with its ``coordinator_url``), else
         ``ollama-pool``; ``node``, ``reason``, ``policy`` and timings say more."""
         self._check_filter(model)
+        await self._ready()
+        if self.enable_distributed and not self._known_here(model):
+            raise NoRouteError(_no_gguf(model))
         response = await super().route_request(model, messages, **kwargs)
         routing = response.get("_routing")
         if isinstance(routing, dict):
@@ -97,9 +144,7 @@ class HybridRouter(api.HybridRouter):
 
     def _coordinators(self) -> dict[str, CoordinatorInfo]:
         """The coordinators this router's llama.cpp plugin runs, by model key."""
-        plugin_class = plugin_attribute("sollol_llamacpp.plugin", "LlamacppPlugin",
-                                        "sollol-llamacpp")
-        plugin = self.pool.router.plugins.get(plugin_class)
+        plugin = self._llamacpp_plugin()
         if plugin is None or plugin.coordinators is None:
             return {}
         return {key: CoordinatorInfo(

@@ -13,6 +13,7 @@ import sollol
 from sollol import MODEL_PROFILES, HybridRouter, OllamaPool
 from sollol.priority_helpers import Priority, get_priority_for_role
 from sollol_core.config import PluginSettings
+from sollol_core.errors import NoRouteError
 from sollol_core.plugins import Plugins
 from sollol_core.testing import StaticBackend, node
 
@@ -122,3 +123,39 @@ def test_a_missing_plugin_names_the_distribution(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "sollol_llamacpp.rpc_probe", None)
     with pytest.raises(ImportError, match="pip install sollol-llamacpp"):
         test_rpc_backend("127.0.0.1", 50052)
+
+
+async def test_model_profiles_decide_for_models_with_no_gguf_here() -> None:
+    router = HybridRouter(ollama_pool=OllamaPool(plugins=plugins()), enable_distributed=True)
+    try:
+        assert await router.should_use_distributed("llama3.1:70b") is True  # its profile
+        assert await router.should_use_distributed("llama3.1:8b") is False
+        assert await router.should_use_distributed("llama3.2") is False  # on node a: placement
+        assert await router.should_use_distributed("mystery") is False  # no profile
+        MODEL_PROFILES["custom-70b"] = {"parameter_count": 70, "estimated_memory_gb": 42,
+                                        "requires_distributed": True}
+        try:
+            assert await router.should_use_distributed("custom-70b") is True
+        finally:
+            del MODEL_PROFILES["custom-70b"]
+    finally:
+        await router.close()
+    small = HybridRouter(ollama_pool=OllamaPool(plugins=plugins()), enable_distributed=True,
+                         distributed_threshold_params=5)
+    try:
+        assert await small.should_use_distributed("llama3.1:8b") is True  # 8B over 5B
+    finally:
+        await small.close()
+
+
+async def test_a_model_with_no_gguf_anywhere_says_which_file_and_the_three_ways() -> None:
+    router = HybridRouter(ollama_pool=OllamaPool(plugins=plugins()), enable_distributed=True)
+    try:
+        with pytest.raises(NoRouteError) as refused:
+            await router.route_request("llama3.1:70b", HI)
+    finally:
+        await router.close()
+    message = str(refused.value)
+    assert "no GGUF file for it" in message and "ollama pull llama3.1:70b" in message
+    assert '[llamacpp] models = {"llama3.1:70b" = "/path/to/model.gguf"}' in message
+    assert "gguf_path=" in message
