@@ -111,6 +111,8 @@ class Journey:
     def failed(self, attempt: Attempt, exc: BaseException) -> str:
         """An attempt failed by its node: the node is not tried again. Returns the failure."""
         self.tried.add(attempt.key)
+        if isinstance(exc, BackendError):  # what the backend says this failure rules out
+            self.tried.update(exc.exclude)
         failure = f"{attempt.decision.backend}: {describe(exc)}"
         self.failures.append(failure)
         return failure

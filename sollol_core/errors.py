@@ -29,14 +29,18 @@ class BackendError(SollolError):
     """A backend failed before its first chunk; the router may fail over to another node.
 
     ``status`` is the node's HTTP status, if it answered one: a 4xx is its verdict on the
-    request (relayed to the client with ``detail``, the node's own message), not a fault."""
+    request (relayed to the client with ``detail``, the node's own message), not a fault.
+    ``exclude``: endpoint keys this failure rules out for the rest of the request besides the
+    attempt's own (a shard plan's workers, when its coordinator could not start on them)."""
 
     def __init__(self, message: str, *, status: int | None = None,
-                 retryable: bool = True, detail: str | None = None) -> None:
+                 retryable: bool = True, detail: str | None = None,
+                 exclude: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
         self.detail = detail
+        self.exclude = exclude
 
 
 class QueueFullError(SollolError):

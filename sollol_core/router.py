@@ -274,7 +274,9 @@ class Reply:
         return Routing(
             backend=target.kind if target else "sharded",
             node=target.address if target else self.decision.backend,
-            reason=self.decision.reason,
+            reason=self.decision.reason + (
+                f" (after {len(self.earlier)} failed attempt{'s' if len(self.earlier) > 1 else ''}"
+                f": {'; '.join(self.earlier)})" if self.earlier else ""),
             policy=self.decision.policy,
             duration_ms=round((time.monotonic() - self.started) * 1000, 3),
             queue_ms=round(self.queue_ms, 3),

@@ -185,6 +185,20 @@ async def test_coordinator_is_reused_then_unloaded_when_idle(
         assert first.child.process.returncode is not None  # stopped, and reaped
 
 
+async def test_a_coordinator_answering_is_never_unloaded_as_idle(
+        gemma: Path, shared_workers: list[str]) -> None:
+    async with router(shared_workers[:2], {"gemma3:270m": gemma},
+                      SOLLOL_IDLE_UNLOAD="1") as r:
+        reply = await r.open(raw_generate("gemma3:270m", stream=True, num_predict=16))
+        chunks = [reply.first]
+        (coordinator,) = coordinators(r).running.values()
+        await asyncio.sleep(3.5)  # a slow client: longer than idle_unload_s and a watch round
+        assert coordinator.alive and coordinator.in_flight == 1
+        chunks += [chunk async for chunk in reply]
+        assert chunks[-1] is not None and chunks[-1]["done"] is True
+        assert coordinator.in_flight == 0
+
+
 async def test_two_models_run_on_two_coordinators_over_disjoint_workers(
         binaries: Binaries, gemma: Path, tmp_path: Path) -> None:
     with rpc_workers(binaries, 4, tmp_path) as workers:

@@ -40,6 +40,12 @@ class Coordinator:
     failed_checks: int = 0
     #: Whether its load log was compared with the estimate yet (the closed loop).
     calibrated: bool = False
+    #: Requests it is answering now: a coordinator is never idle while it answers.
+    in_flight: int = 0
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since it last finished answering; 0 while it answers."""
+        return 0.0 if self.in_flight else now - self.last_used
 
     @property
     def url(self) -> str:
@@ -99,7 +105,7 @@ async def wait_healthy(child: Child, url: str, what: str, timeout_s: float,
             if not child.alive:
                 raise CoordinatorError(
                     f"llama-server for {what} exited with status {child.process.returncode} "
-                    f"while loading; log: {child.log_path}\n{child.log_tail()}", retryable=False)
+                    f"while loading; log: {child.log_path}\n{child.log_tail()}")
             try:
                 async with session.get(f"{url}/health") as response:
                     if response.status == 200:
@@ -112,7 +118,7 @@ async def wait_healthy(child: Child, url: str, what: str, timeout_s: float,
             await asyncio.sleep(0.1)
     raise CoordinatorError(
         f"llama-server for {what} not ready after {timeout_s:g} s; log: "
-        f"{child.log_path}\n{child.log_tail()}", retryable=False)
+        f"{child.log_path}\n{child.log_tail()}")
 
 
 async def launch(binaries: Binaries, model: str, gguf: Path, workers: Sequence[Endpoint],
@@ -196,9 +202,9 @@ class Coordinators:
     async def unload_idle(self, idle_s: float) -> None:
         now = time.monotonic()
         for key, coordinator in list(self.running.items()):
-            if now - coordinator.last_used >= idle_s:
+            if coordinator.idle_for(now) >= idle_s:
                 async with self._locks.setdefault(key, asyncio.Lock()):
-                    if time.monotonic() - coordinator.last_used >= idle_s:
+                    if coordinator.idle_for(time.monotonic()) >= idle_s:
                         await self._retire(key, f"idle for {idle_s:g} s")
 
     async def forget_dead(self) -> list[str]:

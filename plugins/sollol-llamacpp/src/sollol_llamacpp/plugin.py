@@ -43,7 +43,7 @@ from sollol_llamacpp import calibration, catalogue, server_http, views
 from sollol_llamacpp.agent_workers import AgentWorkers, add_agent_routes
 from sollol_llamacpp.binaries import Binaries, require_binaries
 from sollol_llamacpp.calibration import Calibration
-from sollol_llamacpp.coordinator import Coordinators
+from sollol_llamacpp.coordinator import CoordinatorError, Coordinators
 from sollol_llamacpp.estimate import ModelFootprint, read_footprint
 from sollol_llamacpp.facts import ShardingFacts
 from sollol_llamacpp.placement import place, worker_needs
@@ -280,25 +280,30 @@ class LlamacppPlugin:
         gguf = self.gguf_for(request.model)
         coordinators = self.coordinators
         if gguf is None or coordinators is None:
-            raise BackendError(f"no GGUF file is known for {request.model}", retryable=False)
+            # a node fault, not the request's: another node that holds the model may run it
+            raise BackendError(f"no GGUF file is known for {request.model}")
         options = settings.section(LlamacppSettings)
         if plan.layers:
             self.plans[model_key(request.model)] = plan
         sent = 0
         for attempt in (1, 2):  # a coordinator that crashed before answering is restarted once
-            coordinator = await coordinators.ensure(
-                request.model, gguf, plan.workers, plan.tensor_split,
-                context_size=options.context_size, parallel=options.parallel,
-                timeout_s=options.coordinator_timeout_s)
+            try:
+                coordinator = await coordinators.ensure(
+                    request.model, gguf, plan.workers, plan.tensor_split,
+                    context_size=options.context_size, parallel=options.parallel,
+                    timeout_s=options.coordinator_timeout_s)
+            except CoordinatorError as exc:  # cannot start there: let the router look elsewhere
+                raise CoordinatorError(str(exc), exclude=tuple(w.key for w in plan.workers)
+                                       ) from None
             if not coordinator.calibrated:
                 coordinator.calibrated = True
                 self._learn(request.model, plan, coordinator.child.log_path, options)
+            coordinator.in_flight += 1  # never unloaded as idle while it answers
             try:
                 async for chunk in self._run_on(coordinator.url, request,
                                                 f"coordinator {coordinator.url}"):
                     sent += 1
                     yield chunk
-                coordinator.last_used = time.monotonic()
                 return
             except BackendError:
                 await asyncio.sleep(0.2)
@@ -307,6 +312,9 @@ class LlamacppPlugin:
                 log.warning("the coordinator for %s died mid-request; restarting it",
                             request.model)
                 await coordinators.forget_dead()
+            finally:
+                coordinator.in_flight -= 1
+                coordinator.last_used = time.monotonic()
 
     def _learn(self, model: str, plan: ShardPlan, log_path: Path,
                options: LlamacppSettings) -> None:
