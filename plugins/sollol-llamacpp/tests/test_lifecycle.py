@@ -3,6 +3,7 @@ killed outright, leaves no llama.cpp process behind: not a coordinator, not a wo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -108,3 +109,58 @@ async def test_auto_setup_over_an_auto_configured_pool_starts_the_workers_it_ask
     finally:
         await router.close()
     assert plugin.pool is None  # stopped with the router
+
+
+async def test_a_worker_that_dies_under_a_live_coordinator_is_noticed_by_the_next_probe(
+        gemma: Path, binaries: Binaries, tmp_path: Path) -> None:
+    from sollol_llamacpp.settings import LlamacppSettings
+    from sollol_llamacpp.testing import rpc_workers
+
+    from sollol_core.config import Settings
+    from sollol_core.router import Router
+    from sollol_core.types import Health, InferenceRequest
+
+    with rpc_workers(binaries, 2, tmp_path) as workers:
+        base = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
+                                      "SOLLOL_IMPLICIT_NODES": "false",
+                                      "SOLLOL_HEALTH_INTERVAL": "0.5"})
+        router = Router.create(base.with_sections(LlamacppSettings(
+            rpc_backends=tuple(workers), models={"gemma3:270m": str(gemma)},
+            context_size=1024, parallel=1)))
+        await router.start()
+        try:
+            hi = InferenceRequest.chat("gemma3:270m", [{"role": "user", "content": "Hi"}],
+                                       options={"num_predict": 2})
+            _, routing = await router.run(hi)
+            assert routing.backend == "sharded" and routing.node.count(",") == 1
+            plugin = router.plugins.get(LlamacppPlugin)
+            assert plugin is not None and plugin.coordinators is not None
+            (coordinator,) = plugin.coordinators.running.values()
+            victim = workers[1]
+            port = int(victim.split(":")[1])
+            (process,) = [p for p in psutil.process_iter(["name"])
+                          if p.info["name"] in LLAMA_PROCESSES
+                          and any(c.laddr and c.laddr.port == port and c.status == "LISTEN"
+                                  for c in p.net_connections("tcp"))]
+            process.kill()
+            def health_of(address: str) -> Health:
+                (node,) = [n for n in router.fleet.snapshot().nodes
+                           if n.endpoint.address == address]
+                return node.health
+
+            for _ in range(150):  # a few probe rounds (0.5 s each), no request sent
+                if coordinator.child.process.returncode is not None \
+                        and health_of(victim) is Health.DOWN:
+                    break
+                await asyncio.sleep(0.1)
+            assert not plugin.coordinators.running  # its coordinator was taken out,
+            assert coordinator.child.process.returncode is not None  # stopped and reaped,
+            assert health_of(victim) is Health.DOWN  # and the fleet knows
+            for _ in range(50):  # the worker left is free again at its next probe
+                if health_of(workers[0]) is Health.UP:
+                    break
+                await asyncio.sleep(0.1)
+            _, again = await router.run(hi)  # rebuilt on the worker left
+            assert again.backend == "sharded" and again.node == f"sharded:{workers[0]}"
+        finally:
+            await router.stop()

@@ -154,6 +154,9 @@ class Coordinators:
     #: Workers of coordinators being started, by model: claimed before llama-server connects.
     starting: dict[str, tuple[Endpoint, ...]] = field(factory=dict)
     _locks: dict[str, asyncio.Lock] = field(factory=dict)
+    #: Coordinators being stopped: awaited by :meth:`stop`, so that none outlives SOLLOL even
+    #: when whoever retired it was cancelled meanwhile.
+    _stopping: set[asyncio.Task[None]] = field(factory=set)
 
     def claimed(self, *, besides: str = "") -> set[str]:
         """Keys of the workers held or being taken by coordinators of models other than
@@ -192,12 +195,23 @@ class Coordinators:
             self.on_change()
             return coordinator
 
-    async def _retire(self, key: str, why: str) -> None:
+    def _retire_soon(self, key: str, why: str) -> asyncio.Task[None] | None:
+        """Take the coordinator out of service now and stop its process in a task of its own
+        (SIGTERM, then SIGKILL: it may take seconds)."""
         coordinator = self.running.pop(key, None)
-        if coordinator is not None:
-            self.on_change()
-            log.info("stopping the coordinator for %s: %s", coordinator.model, why)
-            await coordinator.child.stop()
+        if coordinator is None:
+            return None
+        self.on_change()
+        log.info("stopping the coordinator for %s: %s", coordinator.model, why)
+        task = asyncio.create_task(coordinator.child.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        return task
+
+    async def _retire(self, key: str, why: str) -> None:
+        task = self._retire_soon(key, why)
+        if task is not None:
+            await asyncio.shield(task)  # a cancelled caller leaves it to finish
 
     async def unload_idle(self, idle_s: float) -> None:
         now = time.monotonic()
@@ -216,7 +230,19 @@ class Coordinators:
 
     async def stop(self) -> None:
         for key in list(self.running):
-            await self._retire(key, "SOLLOL is stopping")
+            self._retire_soon(key, "SOLLOL is stopping")
+        while self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+
+    def worker_lost(self, worker: Endpoint) -> str | None:
+        """A worker a coordinator holds is gone: that coordinator is taken out of service at
+        once and stopped (its model is planned again, over the workers left, on its next
+        request). The model, if any."""
+        for key, coordinator in list(self.running.items()):
+            if worker.key in {w.key for w in coordinator.workers}:
+                self._retire_soon(key, f"its RPC worker {worker.address} is gone")
+                return coordinator.model
+        return None
 
     async def check_health(self, session: aiohttp.ClientSession) -> None:
         """A coordinator whose ``/health`` fails three times in a row is stopped; its model

@@ -210,6 +210,13 @@ class LlamacppPlugin:
     async def _probe_worker(self, endpoint: Endpoint, settings: Settings) -> NodeSnapshot:
         holder = self._holder_of(endpoint)
         if holder is not None:  # held: a probe would wait for a HELLO that never comes
+            timeout_s = min(settings.health.timeout_s, 1.0)
+            if not await _accepts(endpoint, timeout_s) and self.coordinators is not None:
+                # gone under a live coordinator: noticed now, not when a request fails
+                self.coordinators.worker_lost(endpoint)
+                return evolve(NodeSnapshot.down(
+                    endpoint, f"stopped answering while held by the coordinator for {holder}"),
+                    role=Role.WORKER)
             return NodeSnapshot(
                 endpoint=endpoint, health=Health.BUSY, taken_at=time.time(), role=Role.WORKER,
                 detail=f"held by the coordinator for {holder}",
@@ -343,6 +350,20 @@ class LlamacppPlugin:
     @hookimpl
     def sollol_dashboard_panels(self) -> Panel:
         return views.coordinators_panel(self.coordinators, self.plans)
+
+
+async def _accepts(endpoint: Endpoint, timeout_s: float) -> bool:
+    """Whether the endpoint's port takes a TCP connection (a held RPC worker still queues it;
+    a dead one refuses it). Closed at once, before any message: the worker only sees EOF."""
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(endpoint.host, endpoint.port), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 def _catalogue_with_footprints(
