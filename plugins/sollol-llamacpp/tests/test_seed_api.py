@@ -81,3 +81,24 @@ async def test_asking_for_three_backends_splits_over_three(
         assert router.coordinator is not None and len(router.coordinator.rpc_backends) == 3
     finally:
         await router.close()
+
+
+async def test_llama_arg_n_gpu_layers_as_the_guide_exports_it_sets_the_coordinators_ngl(
+        gemma: Path, shared_workers: list[str], tmp_path: Path) -> None:
+    import psutil
+
+    settings = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
+                                      "SOLLOL_IMPLICIT_NODES": "false",
+                                      "OLLAMA_MODELS": str(tmp_path / "no-store"),
+                                      "LLAMA_ARG_N_GPU_LAYERS": "6"})
+    router = HybridRouter(ollama_pool=OllamaPool(settings=settings), enable_distributed=True,
+                          rpc_backends=list(shared_workers[:2]), gguf_path=str(gemma))
+    try:
+        response = await router.route_request(
+            model="gemma3:270m", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert response["_routing"]["backend"] == "llama.cpp-distributed"
+        assert router.coordinator is not None
+        argv = psutil.Process(router.coordinator.pid).cmdline()
+        assert argv[argv.index("-ngl") + 1] == "6"
+    finally:
+        await router.close()

@@ -79,9 +79,10 @@ def _fallback_chat_template(path: str, _size: int, _mtime_ns: int) -> str | None
 
 def command(binaries: Binaries, gguf: Path, workers: Sequence[Endpoint],
             tensor_split: Sequence[float], port: int, context_size: int,
-            parallel: int, chat_template: str | None = None) -> list[str]:
+            parallel: int, chat_template: str | None = None, gpu_layers: int = 99) -> list[str]:
     argv = [str(binaries.llama_server), "-m", str(gguf), "--host", "127.0.0.1",
-            "--port", str(port), "-c", str(context_size), "-np", str(parallel), "-ngl", "99",
+            "--port", str(port), "-c", str(context_size), "-np", str(parallel),
+            "-ngl", str(gpu_layers),
             "--rpc", ",".join(w.address for w in workers),
             # No --embeddings: it makes the last worker reserve logits for a whole batch (512 x
             # vocabulary floats: +500 MiB for Gemma 3); embeddings go to whole-model nodes.
@@ -123,11 +124,12 @@ async def wait_healthy(child: Child, url: str, what: str, timeout_s: float,
 
 async def launch(binaries: Binaries, model: str, gguf: Path, workers: Sequence[Endpoint],
                  tensor_split: Sequence[float], *, context_size: int, parallel: int,
-                 timeout_s: float, progress: Callable[[str], None]) -> Coordinator:
+                 timeout_s: float, progress: Callable[[str], None],
+                 gpu_layers: int = 99) -> Coordinator:
     port = ephemeral_port()
     template = await asyncio.to_thread(fallback_chat_template, gguf)
     argv = command(binaries, gguf, workers, tensor_split, port, context_size, parallel,
-                   template)
+                   template, gpu_layers)
     safe = model.replace("/", "_").replace(":", "_")
     child = await Child.spawn(argv, logs_dir() / f"coordinator-{safe}-{port}.log")
     coordinator = Coordinator(model, gguf, tuple(workers), tuple(tensor_split), port, child)
@@ -168,7 +170,7 @@ class Coordinators:
 
     async def ensure(self, model: str, gguf: Path, workers: Sequence[Endpoint],
                      tensor_split: Sequence[float], *, context_size: int, parallel: int,
-                     timeout_s: float) -> Coordinator:
+                     timeout_s: float, gpu_layers: int = 99) -> Coordinator:
         """The coordinator for ``model`` on ``workers``: reused if it runs, else (re)started."""
         key = model_key(model)
         async with self._locks.setdefault(key, asyncio.Lock()):
@@ -187,7 +189,8 @@ class Coordinators:
             try:
                 coordinator = await launch(self.binaries(), model, gguf, workers, tensor_split,
                                            context_size=context_size, parallel=parallel,
-                                           timeout_s=timeout_s, progress=self.progress)
+                                           timeout_s=timeout_s, progress=self.progress,
+                                           gpu_layers=gpu_layers)
             finally:
                 del self.starting[key]
                 self.on_change()

@@ -298,7 +298,7 @@ class LlamacppPlugin:
                 coordinator = await coordinators.ensure(
                     request.model, gguf, plan.workers, plan.tensor_split,
                     context_size=options.context_size, parallel=options.parallel,
-                    timeout_s=options.coordinator_timeout_s)
+                    timeout_s=options.coordinator_timeout_s, gpu_layers=options.gpu_layers)
             except CoordinatorError as exc:  # cannot start there: let the router look elsewhere
                 raise CoordinatorError(str(exc), exclude=tuple(w.key for w in plan.workers)
                                        ) from None

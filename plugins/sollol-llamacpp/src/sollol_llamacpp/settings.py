@@ -35,6 +35,9 @@ class LlamacppSettings:
     #: A coordinator unused this long is stopped and its workers freed.
     idle_unload_s: float = field(default=600.0, validator=positive)
     context_size: int = field(default=4096, validator=positive)
+    #: Layers a coordinator offloads to its RPC workers and GPUs (llama-server's ``-ngl``); the
+    #: rest run on the coordinator's own CPU. 99: all of them.
+    gpu_layers: int = field(default=99, validator=not_negative)
     parallel: int = field(default=2, validator=positive)
     #: RPC workers to start on this machine with the router (0: use only the ones named).
     local_workers: int = field(default=0, validator=not_negative)
@@ -68,6 +71,10 @@ SECTION = SettingsSection(
         "SOLLOL_MIN_SHARD_WORKERS": "min_shard_workers",
         "SOLLOL_LAYER_STRATEGY": "layer_strategy",
         "SOLLOL_DISTRIBUTED_THRESHOLD_PARAMS": "distributed_threshold_params",
+        "SOLLOL_GPU_LAYERS": "gpu_layers",
+        # llama-server's own variable, as the guide sets it: SOLLOL passes -ngl explicitly,
+        # which would override it in llama-server, so SOLLOL reads it instead
+        "LLAMA_ARG_N_GPU_LAYERS": "gpu_layers",
     },
     moved={"discovery.rpc_backends": "rpc_backends", "discovery.llamacpp_servers": "servers"},
     flags=(Flag("--rpc-backend", "rpc_backends",
