@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 from attrs import frozen
 
 from sollol._plugins import plugin_attribute
@@ -82,6 +83,26 @@ class HybridRouter(api.HybridRouter):
                  model_filter: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(ollama_pool, **kwargs)
         self.model_filter: tuple[str, ...] | None = tuple(model_filter) if model_filter else None
+
+    async def _ready(self) -> None:
+        """Started, and with ``auto_discover_rpc``, the RPC servers already running here
+        (50052 and up) and in the configured subnets added to the workers, once."""
+        if self.auto_discover_rpc and self.enable_distributed and self._llamacpp is not None:
+            self.auto_discover_rpc = False
+            from sollol.rpc_discovery import find_rpc_backends
+
+            router = self.pool.router
+            found = await find_rpc_backends(router.settings.discovery.subnets,
+                                            timeout=router.settings.discovery.timeout_s)
+            own: Any = router.settings.section(self._llamacpp)
+            given = {*own.rpc_backends}
+            added = tuple(a for a in (f"{b['host']}:{b['port']}" for b in found)
+                          if a not in given)
+            if added:
+                router.reconfigure(router.settings.with_sections(
+                    attrs.evolve(own, rpc_backends=own.rpc_backends + added)))
+                self._rediscover = True
+        await super()._ready()
 
     def _check_filter(self, model: str) -> None:
         if self.model_filter and all(model_key(model) != model_key(m) for m in self.model_filter):

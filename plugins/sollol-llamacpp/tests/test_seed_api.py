@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from sollol_llamacpp.binaries import Binaries
+
 from sollol import HybridRouter, OllamaPool
 from sollol.ollama_gguf_resolver import OllamaGGUFResolver
 from sollol.rpc_discovery import test_rpc_backend
@@ -102,3 +104,28 @@ async def test_llama_arg_n_gpu_layers_as_the_guide_exports_it_sets_the_coordinat
         assert argv[argv.index("-ngl") + 1] == "6"
     finally:
         await router.close()
+
+
+async def test_auto_discover_rpc_finds_the_workers_running_here(
+        gemma: Path, binaries: Binaries, tmp_path: Path) -> None:
+    from sollol_llamacpp.workers import WorkerPool
+
+    pool = WorkerPool(binaries)
+    started = await pool.start(2, first_port=50056)  # "50052 and up", as the guide's servers
+    try:
+        settings = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
+                                          "SOLLOL_IMPLICIT_NODES": "false",
+                                          "OLLAMA_MODELS": str(tmp_path / "no-store")})
+        router = HybridRouter(ollama_pool=OllamaPool(settings=settings), enable_distributed=True,
+                              auto_discover_rpc=True, num_rpc_backends=2, gguf_path=str(gemma))
+        try:
+            response = await router.route_request(
+                model="gemma3:270m", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+            assert response["_routing"]["backend"] == "llama.cpp-distributed"
+            assert router.coordinator is not None
+            used = {f"{b['host']}:{b['port']}" for b in router.coordinator.rpc_backends}
+            assert used == {e.address for e in started}
+        finally:
+            await router.close()
+    finally:
+        await pool.stop()
