@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import psutil
 from aiohttp import web
 from attrs import define, evolve, field
 from prometheus_client.core import Metric
@@ -210,8 +212,7 @@ class LlamacppPlugin:
     async def _probe_worker(self, endpoint: Endpoint, settings: Settings) -> NodeSnapshot:
         holder = self._holder_of(endpoint)
         if holder is not None:  # held: a probe would wait for a HELLO that never comes
-            timeout_s = min(settings.health.timeout_s, 1.0)
-            if not await _accepts(endpoint, timeout_s) and self.coordinators is not None:
+            if await self._held_worker_gone(endpoint) and self.coordinators is not None:
                 # gone under a live coordinator: noticed now, not when a request fails
                 self.coordinators.worker_lost(endpoint)
                 return evolve(NodeSnapshot.down(
@@ -225,6 +226,17 @@ class LlamacppPlugin:
                                  timeout_s=min(settings.health.timeout_s, 1.0))
         snapshot = snapshot_from(endpoint, status)
         return evolve(snapshot, models=catalogue.as_model_infos(self.models, None))
+
+    async def _held_worker_gone(self, endpoint: Endpoint) -> bool:
+        """Whether a worker a running coordinator holds has gone away under it."""
+        if self.coordinators is None:
+            return False
+        pids = [c.child.pid for c in self.coordinators.running.values()
+                if c.alive and endpoint.key in {w.key for w in c.workers}]
+        for pid in pids:
+            if await asyncio.to_thread(_peer_gone, pid, endpoint):
+                return True
+        return False
 
     def _holder_of(self, endpoint: Endpoint) -> str | None:
         """The model whose coordinator holds (or is connecting to) this worker, if any."""
@@ -352,17 +364,29 @@ class LlamacppPlugin:
         return views.coordinators_panel(self.coordinators, self.plans)
 
 
-async def _accepts(endpoint: Endpoint, timeout_s: float) -> bool:
-    """Whether the endpoint's port takes a TCP connection (a held RPC worker still queues it;
-    a dead one refuses it). Closed at once, before any message: the worker only sees EOF."""
+def _peer_gone(pid: int, endpoint: Endpoint) -> bool:
+    """Whether the coordinator ``pid``'s connections to ``endpoint`` were all closed by the
+    worker (it exited: its kernel closed them). Read from the coordinator's own sockets: a
+    held worker is never sent anything (a probe of its own would queue behind the coordinator
+    and fill its accept queue)."""
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(endpoint.host, endpoint.port), timeout_s)
-    except (OSError, TimeoutError):
+        sockets = psutil.Process(pid).net_connections("tcp")
+    except psutil.Error:
         return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
+    literal = _is_ip(endpoint.host)
+    to_worker = [c for c in sockets if c.raddr and c.raddr.port == endpoint.port
+                 and (not literal or c.raddr.ip == endpoint.host)]
+    return bool(to_worker) and all(c.status in _CLOSED_BY_PEER for c in to_worker)
+
+
+_CLOSED_BY_PEER = frozenset({psutil.CONN_CLOSE_WAIT, psutil.CONN_LAST_ACK, psutil.CONN_CLOSE})
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
     return True
 
 
