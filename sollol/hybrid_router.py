@@ -11,9 +11,9 @@ from typing import Any
 import attrs
 from attrs import frozen
 
-from sollol._plugins import plugin_attribute
 from sollol_core import api
 from sollol_core.errors import NoRouteError
+from sollol_core.plugins import plugin_attribute
 from sollol_core.types import model_key
 
 __all__ = ["MODEL_PROFILES", "CoordinatorInfo", "HybridRouter"]
@@ -104,18 +104,20 @@ class HybridRouter(api.HybridRouter):
                 self._rediscover = True
         await super()._ready()
 
+    def _filtered_out(self, model: str) -> bool:
+        return bool(self.model_filter) and all(
+            model_key(model) != model_key(m) for m in self.model_filter or ())
+
     def _check_filter(self, model: str) -> None:
-        if self.model_filter and all(model_key(model) != model_key(m) for m in self.model_filter):
-            raise ValueError(f"this router serves {', '.join(self.model_filter)} only "
+        if self._filtered_out(model):
+            raise ValueError(f"this router serves {', '.join(self.model_filter or ())} only "
                              f"(model_filter), not {model!r}")
 
     async def should_use_distributed(self, model: str) -> bool:
         """Whether ``model`` would be sharded: placement's decision where the fleet or a GGUF
         here knows the model, else its ``MODEL_PROFILES`` entry (``requires_distributed``, or
         over ``distributed_threshold_params`` billion parameters)."""
-        if self.model_filter and all(model_key(model) != model_key(m) for m in self.model_filter):
-            return False
-        if not self.enable_distributed:
+        if self._filtered_out(model) or not self.enable_distributed:
             return False
         await self._ready()
         if self._known_here(model):

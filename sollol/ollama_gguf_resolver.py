@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from sollol._plugins import plugin_attribute
+from sollol_core.plugins import plugin_attribute
 
 __all__ = ["OllamaGGUFResolver"]
 

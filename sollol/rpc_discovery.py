@@ -9,7 +9,7 @@ import concurrent.futures
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from sollol._plugins import plugin_attribute
+from sollol_core.plugins import plugin_attribute
 
 __all__ = ["discover_rpc_backends", "find_rpc_backends", "test_rpc_backend"]
 

@@ -6,7 +6,6 @@ is :mod:`sollol_core.sync`.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ import attrs
 
 from sollol_core.config import Settings
 from sollol_core.convert import unstructure
-from sollol_core.plugins import Plugins
+from sollol_core.plugins import Plugins, plugin_attribute
 from sollol_core.router import Router
 from sollol_core.types import Health, InferenceRequest, Role, model_key
 
@@ -66,7 +65,7 @@ class OllamaPool:
                  plugins: Plugins | None = None) -> None:
         settings = settings or Settings.load()
         if nodes:
-            ollama = _section("sollol_ollama.settings", "OllamaSettings", "sollol-ollama")
+            ollama = plugin_attribute("sollol_ollama.settings", "OllamaSettings", "sollol-ollama")
             own: Any = settings.section(ollama)
             settings = settings.with_sections(attrs.evolve(
                 own, nodes=own.nodes + tuple(_address(n) for n in nodes)))
@@ -154,16 +153,6 @@ def _gguf_files(given: str | os.PathLike[str] | Mapping[str, str] | None,
     return files if isinstance(given, Mapping) else files[""]
 
 
-def _section(module: str, name: str, distribution: str) -> type:
-    """A backend plugin's settings class; an ImportError naming what to install without it."""
-    try:
-        found: type = getattr(importlib.import_module(module), name)
-    except ImportError:
-        raise ImportError(f"this needs the {distribution} plugin: pip install {distribution}"
-                          ) from None
-    return found
-
-
 async def _relay(reply: Any) -> AsyncIterator[dict[str, Any]]:
     async for chunk in reply:
         yield dict(chunk)
@@ -197,7 +186,7 @@ class HybridRouter:
             raise ValueError(f"num_rpc_backends must be at least 1, got {num_rpc_backends}")
         ggufs = _gguf_files(gguf_path)
         try:
-            self._llamacpp: type | None = _section(
+            self._llamacpp: type | None = plugin_attribute(
                 "sollol_llamacpp.settings", "LlamacppSettings", "sollol-llamacpp")
         except ImportError:
             if enable_distributed or rpc_backends or gguf_path is not None:

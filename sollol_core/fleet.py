@@ -46,6 +46,11 @@ class Fleet:
                              performance=self.performance.snapshot(), local_host=self._local_host,
                              facts=self.plugins.fleet_facts())
 
+    def node(self, key: str) -> NodeSnapshot | None:
+        """The latest snapshot of one node, without building a whole fleet snapshot (admission
+        asks this on the request path)."""
+        return self._nodes.get(key)
+
     def knows_model(self, model: str) -> bool:
         """Whether a whole-model node has listed ``model`` since the fleet started, even if that
         node is down now (its name then means that model, not any other file)."""

@@ -369,6 +369,16 @@ def declared_sections(
     return declaring.settings_sections(), frozenset(skipped)
 
 
+def plugin_attribute(module: str, name: str, distribution: str) -> Any:
+    """``module.name`` from a plugin, for code that needs one plugin in particular (the Python
+    API); an ImportError naming the distribution to install when it is missing."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        raise ImportError(f"this needs the {distribution} plugin: pip install {distribution}"
+                          ) from None
+
+
 def environment_variables() -> list[str]:
     """Every environment variable that sets a setting: the core's and every installed
     plugin's (for tests that clear them)."""

@@ -123,7 +123,7 @@ class Router:
         if decision.target is None:
             return False
         key = decision.target.key
-        node = self.fleet.snapshot().node(key)
+        node = self.fleet.node(key)  # the decision was made on a fresh snapshot just now
         if node is not None and node.in_flight >= node.parallel:
             return True
         return not queued and self.queue.waiting_for(key) > 0

@@ -65,12 +65,19 @@ class _LoopThread:
         if self.loop.is_running():
             routers = list(self.routers)
             if routers:
-                closing = asyncio.gather(*(r.close() for r in routers), return_exceptions=True)
                 with contextlib.suppress(Exception):  # exiting anyway: children die with us
                     asyncio.run_coroutine_threadsafe(
-                        asyncio.wait_for(closing, CLOSE_AT_EXIT_S), self.loop).result()
+                        asyncio.wait_for(_close_each(routers), CLOSE_AT_EXIT_S),
+                        self.loop).result()
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
+
+
+async def _close_each(routers: list[api.OllamaPool | api.HybridRouter]) -> None:
+    """One after the other: a HybridRouter closes its pool, which is then already closed."""
+    for router in routers:
+        with contextlib.suppress(Exception):
+            await router.close()
 
 
 _loop: _LoopThread | None = None

@@ -17,6 +17,13 @@ from sollol_core.config import Settings
 from .test_ollama_store import add_model
 
 
+def only_llamacpp(tmp_path: Path, **environ: str) -> Settings:
+    """Only the llama.cpp plugin, only the workers a test names, and no Ollama store."""
+    return Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
+                                  "SOLLOL_IMPLICIT_NODES": "false",
+                                  "OLLAMA_MODELS": str(tmp_path / "no-store"), **environ})
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,9 +48,7 @@ def test_the_resolver_finds_a_model_in_the_ollama_store(tmp_path: Path) -> None:
 
 async def test_a_sharded_request_reads_as_the_guide_prints_it(
         gemma: Path, shared_workers: list[str], tmp_path: Path) -> None:
-    settings = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
-                                      "SOLLOL_IMPLICIT_NODES": "false",
-                                      "OLLAMA_MODELS": str(tmp_path / "no-store")})
+    settings = only_llamacpp(tmp_path)
     router = HybridRouter(ollama_pool=OllamaPool(settings=settings), enable_distributed=True,
                           rpc_backends=[{"host": "127.0.0.1", "port": int(w.split(":")[1])}
                                         for w in shared_workers[:2]],
@@ -70,9 +75,7 @@ async def test_a_sharded_request_reads_as_the_guide_prints_it(
 
 async def test_asking_for_three_backends_splits_over_three(
         gemma: Path, shared_workers: list[str], tmp_path: Path) -> None:
-    settings = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
-                                      "SOLLOL_IMPLICIT_NODES": "false",
-                                      "OLLAMA_MODELS": str(tmp_path / "no-store")})
+    settings = only_llamacpp(tmp_path)
     router = HybridRouter(ollama_pool=OllamaPool(settings=settings), enable_distributed=True,
                           rpc_backends=list(shared_workers), num_rpc_backends=3,
                           gguf_path=str(gemma))
@@ -89,10 +92,7 @@ async def test_llama_arg_n_gpu_layers_as_the_guide_exports_it_sets_the_coordinat
         gemma: Path, shared_workers: list[str], tmp_path: Path) -> None:
     import psutil
 
-    settings = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
-                                      "SOLLOL_IMPLICIT_NODES": "false",
-                                      "OLLAMA_MODELS": str(tmp_path / "no-store"),
-                                      "LLAMA_ARG_N_GPU_LAYERS": "6"})
+    settings = only_llamacpp(tmp_path, **{"LLAMA_ARG_N_GPU_LAYERS": "6"})
     router = HybridRouter(ollama_pool=OllamaPool(settings=settings), enable_distributed=True,
                           rpc_backends=list(shared_workers[:2]), gguf_path=str(gemma))
     try:
@@ -113,9 +113,7 @@ async def test_auto_discover_rpc_finds_the_workers_running_here(
     pool = WorkerPool(binaries)
     started = await pool.start(2, first_port=50056)  # "50052 and up", as the guide's servers
     try:
-        settings = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "llamacpp",
-                                          "SOLLOL_IMPLICIT_NODES": "false",
-                                          "OLLAMA_MODELS": str(tmp_path / "no-store")})
+        settings = only_llamacpp(tmp_path)
         router = HybridRouter(ollama_pool=OllamaPool(settings=settings), enable_distributed=True,
                               auto_discover_rpc=True, num_rpc_backends=2, gguf_path=str(gemma))
         try:

@@ -15,12 +15,13 @@ from attrs import evolve
 from sollol_llamacpp.binaries import Binaries
 from sollol_llamacpp.coordinator import Coordinator
 from sollol_llamacpp.plugin import LlamacppPlugin
-from sollol_llamacpp.rpc_probe import probe_rpc
 from sollol_llamacpp.settings import LlamacppSettings
 from sollol_llamacpp.testing import rpc_workers
 
 from sollol_core import HybridRouter
 from sollol_core.config import Settings
+
+from .test_sharding import wait_free
 
 MODEL = "gemma3:270m"
 HI = [{"role": "user", "content": "Hi"}]
@@ -58,18 +59,6 @@ def argument(coordinator: Coordinator, option: str) -> str:
     """The value of ``option`` on the coordinator's command line (what llama-server runs with)."""
     argv = psutil.Process(coordinator.child.pid).cmdline()
     return argv[argv.index(option) + 1]
-
-
-async def wait_free(workers: list[str]) -> None:
-    """Until every worker answers HELLO again: a coordinator that left freed it."""
-    for address in workers:
-        host, port = address.split(":")
-        for _ in range(100):
-            if (await probe_rpc(host, int(port), timeout_s=0.5)).state == "ok":
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(f"worker {address} stays busy")
 
 
 async def test_two_routers_with_their_own_settings_and_workers_shard_side_by_side(
