@@ -64,6 +64,7 @@ class Router:
     queue: AdmissionQueue
     breakers: Breakers = field(factory=Breakers)
     _lifespan: contextlib.AsyncExitStack | None = None
+    _guardian: asyncio.Task[None] | None = None
 
     def __attrs_post_init__(self) -> None:
         self.fleet.probe_listeners.append(self._probed)
@@ -83,6 +84,8 @@ class Router:
         stack = contextlib.AsyncExitStack()
         await stack.enter_async_context(self.plugins.lifespan(self.settings))
         self._lifespan = stack
+        self._guardian = asyncio.create_task(self._stop_when_the_loop_ends(),
+                                             name="sollol-router-guardian")
         try:
             await self.fleet.start()
         except BaseException:
@@ -90,10 +93,25 @@ class Router:
             raise
 
     async def stop(self) -> None:
+        guardian, self._guardian = self._guardian, None
+        if guardian is not None and guardian is not asyncio.current_task():
+            guardian.cancel()
         await self.fleet.stop()
         stack, self._lifespan = self._lifespan, None
         if stack is not None:
             await stack.aclose()
+
+    async def _stop_when_the_loop_ends(self) -> None:
+        """Stop in order when the event loop ends with the router still running (a program
+        that never calls ``stop``, like the guide's async example): ``asyncio.run`` cancels
+        every task before it closes async generators, which would tear the plugins'
+        lifespans down in no order, with tracebacks, and leave their processes behind."""
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            if self._guardian is asyncio.current_task():
+                await self.stop()
+            raise
 
     def reconfigure(self, settings: Settings) -> None:
         """Use new settings from now on (the probe schedule and every hook call read them)."""

@@ -89,7 +89,13 @@ def _portal() -> _LoopThread:
     with _lock:
         if _loop is None:
             _loop = _LoopThread()
-            atexit.register(_loop.stop)
+            # Close the routers before interpreter shutdown stops the thread pools that
+            # asyncio.to_thread uses (plugins release NVML, flush traces... through it); plain
+            # atexit handlers run after that, when closing could only fail half way.
+            try:
+                threading._register_atexit(_loop.stop)  # type: ignore[attr-defined]
+            except (AttributeError, RuntimeError):  # another Python; or shutdown has begun
+                atexit.register(_loop.stop)
         return _loop
 
 
@@ -105,6 +111,12 @@ def _mirror(method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         return result
 
     return call
+
+
+def attribute(name: str) -> Any:
+    """A read-only view of the wrapped object's attribute ``name``."""
+    return property(lambda self: getattr(self._async, name),
+                    doc=f"The wrapped router's ``{name}``.")
 
 
 class _Mirror:
@@ -162,6 +174,16 @@ class HybridRouter(_Mirror):
         portal = _portal()
         self._async = portal.run(build())
         portal.routers.add(self._async)
+
+    # what the constructor was given (as the router uses it), as on the async router
+    enable_distributed = attribute("enable_distributed")
+    auto_discover_rpc = attribute("auto_discover_rpc")
+    auto_setup_rpc = attribute("auto_setup_rpc")
+    num_rpc_backends = attribute("num_rpc_backends")
+    distributed_threshold_params = attribute("distributed_threshold_params")
+    coordinator_timeout = attribute("coordinator_timeout")
+    gguf_path = attribute("gguf_path")
+    layer_strategy = attribute("layer_strategy")
 
     start = _mirror(api.HybridRouter.start)
     close = _mirror(api.HybridRouter.close)
