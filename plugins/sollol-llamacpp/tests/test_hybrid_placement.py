@@ -174,3 +174,31 @@ def test_placement_is_a_pure_function_of_the_request_fleet_options_and_facts(
     unknown = place_pure(request, fleet, policy.options, ShardingFacts())
     assert unknown is not None and not unknown.placed
     assert unknown.reason.endswith("but its GGUF has not been read yet")
+
+
+def test_an_idle_coordinator_of_another_model_gives_its_workers_up(policy: Policy) -> None:
+    """As Ollama unloads an idle model to load another: the workers held by another model's
+    idle coordinator are planned over, and the reason says whose coordinator goes; one that is
+    answering keeps them, and the request is refused saying why."""
+    fleet = FleetSnapshot(nodes=workers(2))
+    held = frozenset(w.endpoint.key for w in fleet.nodes)
+    idle = evolve(policy, facts=evolve(policy.facts, held={"other:7b": held}))
+    decision = place(idle, fleet)
+    assert decision.plan is not None and {w.key for w in decision.plan.workers} == held
+    assert decision.reason.endswith("replacing the idle coordinator of other:7b")
+    busy = evolve(idle, facts=evolve(idle.facts, busy=frozenset({"other:7b"})))
+    refused = place(busy, fleet)
+    assert refused.plan is None and not refused.placed
+    assert "0 free workers" in refused.reason
+
+
+def test_its_own_coordinator_keeps_its_workers_before_a_probe_sees_them_busy(
+        policy: Policy) -> None:
+    """A coordinator just started holds workers that the last probe still saw free (not
+    "loaded"): the next request reuses it rather than planning a new split."""
+    fleet = FleetSnapshot(nodes=workers(3))
+    mine = frozenset(w.endpoint.key for w in fleet.nodes[:2])
+    holding = evolve(policy, facts=evolve(policy.facts, held={model_key(MODEL): mine}))
+    decision = place(holding, fleet)
+    assert decision.plan is not None and {w.key for w in decision.plan.workers} == mine
+    assert "reusing its coordinator on 2 RPC workers" in decision.reason

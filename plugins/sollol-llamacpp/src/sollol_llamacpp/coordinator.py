@@ -17,7 +17,7 @@ from sollol_core.errors import BackendError
 from sollol_core.types import Endpoint, model_key
 from sollol_llamacpp.binaries import Binaries
 from sollol_llamacpp.gguf_header import read_header
-from sollol_llamacpp.processes import Child, ephemeral_port, logs_dir
+from sollol_llamacpp.processes import Child, ephemeral_port, log_file
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ async def launch(binaries: Binaries, model: str, gguf: Path, workers: Sequence[E
     argv = command(binaries, gguf, workers, tensor_split, port, context_size, parallel,
                    template, gpu_layers)
     safe = model.replace("/", "_").replace(":", "_")
-    child = await Child.spawn(argv, logs_dir() / f"coordinator-{safe}-{port}.log")
+    child = await Child.spawn(argv, log_file("llama_coordinator_", f"{safe}-{port}"))
     coordinator = Coordinator(model, gguf, tuple(workers), tuple(tensor_split), port, child)
     try:
         coordinator.ready_s = await wait_healthy(
@@ -175,13 +175,11 @@ class Coordinators:
         key = model_key(model)
         async with self._locks.setdefault(key, asyncio.Lock()):
             current = self.running.get(key)
-            if current is not None and current.alive and current.workers == tuple(workers):
+            if current is not None and current.alive and (
+                    {w.key for w in current.workers} == {w.key for w in workers}):
                 current.last_used = time.monotonic()
                 return current
-            taken = self.claimed(besides=model) & {w.key for w in workers}
-            if taken:  # decided at the same moment as another model's plan: decide again
-                raise BackendError(f"workers {', '.join(sorted(taken))} were just taken by "
-                                   "another model's coordinator")
+            await self._free(model, {w.key for w in workers})
             if current is not None:
                 await self._retire(key, "its workers changed" if current.alive else "it exited")
             self.starting[key] = tuple(workers)
@@ -197,6 +195,26 @@ class Coordinators:
             self.running[key] = coordinator
             self.on_change()
             return coordinator
+
+    async def _free(self, model: str, wanted: set[str]) -> None:
+        """Stop the idle coordinators of other models that hold any of ``wanted`` (placement
+        planned over them); one that is starting, answering or busy being managed keeps its
+        workers, and the request fails (another decision, a moment later, will know)."""
+        key = model_key(model)
+        starting = sorted(k for k, ws in self.starting.items()
+                          if k != key and wanted & {w.key for w in ws})
+        if starting:
+            raise BackendError(f"the workers planned for {model} are being taken by the "
+                               f"coordinator of {starting[0]}, starting now")
+        for other, coordinator in list(self.running.items()):
+            if other == key or not wanted & {w.key for w in coordinator.workers}:
+                continue
+            lock = self._locks.setdefault(other, asyncio.Lock())
+            if coordinator.in_flight or lock.locked():
+                raise BackendError(f"the workers planned for {model} are held by the "
+                                   f"coordinator of {coordinator.model}, which is answering")
+            async with lock:
+                await self._retire(other, f"its workers are wanted for {model}")
 
     def _retire_soon(self, key: str, why: str) -> asyncio.Task[None] | None:
         """Take the coordinator out of service now and stop its process in a task of its own

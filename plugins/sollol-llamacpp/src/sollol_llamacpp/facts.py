@@ -23,8 +23,16 @@ class ShardingFacts:
     held: Mapping[str, frozenset[str]] = field(factory=dict)
     #: The memory correction learnt from each model's loads on RPC workers, by model key.
     factors: Mapping[str, float] = field(factory=dict)
+    #: Keys of the models whose coordinator is starting or answering: the others' coordinators
+    #: are idle, and may give their workers to another model.
+    busy: frozenset[str] = frozenset()
 
     def claimed(self, *, besides: str) -> frozenset[str]:
         """Keys of the workers held by coordinators of models other than the key ``besides``
         (a worker serves one coordinator)."""
         return frozenset().union(*(ws for k, ws in self.held.items() if k != besides))
+
+    def idle_holders(self, *, besides: str) -> dict[str, frozenset[str]]:
+        """The workers held by idle coordinators of models other than ``besides``, by model
+        key: stopping such a coordinator frees its workers for another model."""
+        return {k: ws for k, ws in self.held.items() if k != besides and k not in self.busy}

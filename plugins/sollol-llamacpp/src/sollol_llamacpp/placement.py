@@ -37,8 +37,11 @@ def place(request: InferenceRequest, fleet: FleetSnapshot, options: LlamacppSett
     """A shard plan (or a refusal that says why none fits), or None to defer."""
     model = request.model
     key = model_key(model)
+    # the workers this model's coordinator holds, known before any probe has seen them busy
+    own = facts.held.get(key, frozenset())
     workers = [n for n in fleet.nodes if n.role is Role.WORKER and n.holds_key(key)
-               and (n.health is Health.UP or (n.health is Health.BUSY and n.has_loaded(model)))]
+               and (n.health is Health.UP or (n.health is Health.BUSY and (
+                   n.has_loaded(model) or n.endpoint.key in own)))]
     if not workers:  # nothing to shard over: the common case of a fleet of whole-model nodes
         return None
     footprint = facts.footprints.get(key)
@@ -70,7 +73,10 @@ def place(request: InferenceRequest, fleet: FleetSnapshot, options: LlamacppSett
     else:
         why = "no healthy node holds it whole"
     # A coordinator already serving this model keeps its workers: reuse beats reload.
-    serving = sorted((n for n in workers if n.has_loaded(model)), key=lambda n: n.endpoint.key)
+    serving = sorted((n for n in workers if n.has_loaded(model) or n.endpoint.key in own),
+                     key=lambda n: n.endpoint.key)
+    if not own <= {n.endpoint.key for n in serving}:
+        serving = []  # one of its workers is gone: its coordinator is being retired
     if serving:
         plan = ShardPlan(workers=tuple(n.endpoint for n in serving), tensor_split=())
         return Decision.sharded(request, plan, policy=POLICY, reason=(
@@ -79,20 +85,48 @@ def place(request: InferenceRequest, fleet: FleetSnapshot, options: LlamacppSett
         unreadable = facts.unreadable.get(key, "its GGUF has not been read yet")
         return Decision.refuse(request, policy=POLICY, reason=f"{why}, but {unreadable}")
     claimed = facts.claimed(besides=key)
-    available = [n for n in workers if n.health is Health.UP and n.endpoint.key not in claimed]
     needs = worker_needs(footprint, options, facts.factors.get(key, 1.0))
     try:
-        plan = plan_shards(needs, [WorkerCapacity.of(n) for n in available],
-                           strategy=options.layer_strategy,  # type: ignore[arg-type]
-                           min_workers=options.min_shard_workers)
+        plan, replaced = _plan_over_free_or_idle(needs, workers, claimed, facts, key, options)
     except NoPlanFits as exc:
         return Decision.refuse(request, policy=POLICY, reason=f"{why}, but {exc}")
+    replacing = (f"; replacing the idle coordinator{'s' if len(replaced) > 1 else ''} of "
+                 f"{', '.join(replaced)}" if replaced else "")
     layers = "/".join(str(count) for count in plan.layers)
     # a new coordinator may take up to its start-up limit before the first token
     return Decision.sharded(request, plan, policy=POLICY, reason=(
         f"{why}; needs {needs.total_bytes / GIB:.2f} GiB on the workers; sharded over "
-        f"{len(plan.workers)} RPC workers ({options.layer_strategy}, layers {layers})"),
-        startup_s=options.coordinator_timeout_s)
+        f"{len(plan.workers)} RPC workers ({options.layer_strategy}, layers {layers})"
+        f"{replacing}"), startup_s=options.coordinator_timeout_s)
+
+
+def _plan_over_free_or_idle(needs: ModelNeeds, workers: Sequence[NodeSnapshot],
+                            claimed: frozenset[str], facts: ShardingFacts, key: str,
+                            options: LlamacppSettings) -> tuple[ShardPlan, list[str]]:
+    """A plan over the free workers; else, as Ollama unloads an idle model to load another,
+    over those and the workers of other models' idle coordinators (the one that holds fewest
+    first), with the models whose coordinators would go. Raises the first NoPlanFits."""
+    usable = [n for n in workers if n.health is Health.UP and n.endpoint.key not in claimed]
+    try:
+        return _plan(needs, usable, options), []
+    except NoPlanFits as first:
+        replaced: list[str] = []
+        idle = sorted(facts.idle_holders(besides=key).items(), key=lambda kv: (len(kv[1]), kv[0]))
+        for other, held in idle:
+            replaced.append(other)
+            usable += [n for n in workers if n.health is Health.UP and n.endpoint.key in held]
+            try:
+                return _plan(needs, usable, options), replaced
+            except NoPlanFits:
+                continue
+        raise first
+
+
+def _plan(needs: ModelNeeds, workers: Sequence[NodeSnapshot],
+          options: LlamacppSettings) -> ShardPlan:
+    return plan_shards(needs, [WorkerCapacity.of(n) for n in workers],
+                       strategy=options.layer_strategy,  # type: ignore[arg-type]
+                       min_workers=options.min_shard_workers)
 
 
 @functools.lru_cache(maxsize=64)  # a pure function of frozen values: any router may share it

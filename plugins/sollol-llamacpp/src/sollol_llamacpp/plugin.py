@@ -43,7 +43,7 @@ from sollol_core.types import (
 )
 from sollol_llamacpp import calibration, catalogue, server_http, views
 from sollol_llamacpp.agent_workers import AgentWorkers, add_agent_routes
-from sollol_llamacpp.binaries import Binaries, require_binaries
+from sollol_llamacpp.binaries import Binaries, BinariesNotFound, require_binaries
 from sollol_llamacpp.calibration import Calibration
 from sollol_llamacpp.coordinator import CoordinatorError, Coordinators
 from sollol_llamacpp.estimate import ModelFootprint, read_footprint
@@ -90,6 +90,20 @@ class LlamacppPlugin:
         if self.binaries is None:
             configured = Path(self.options.bin_dir) if self.options.bin_dir else None
             self.binaries = require_binaries(configured_dir=configured)
+        return self.binaries
+
+    async def _binaries_or_install(self) -> Binaries:
+        """The binaries; with ``install_if_missing`` and none found, built first (in a thread:
+        the router keeps serving meanwhile; the installer shows its progress on stderr)."""
+        try:
+            return self.find_binaries()
+        except BinariesNotFound:
+            if not self.options.install_if_missing:
+                raise
+        from sollol_llamacpp.build import install
+
+        log.warning("llama.cpp is not installed here: building it now (once; minutes)")
+        self.binaries = await asyncio.to_thread(install)
         return self.binaries
 
     def gguf_for(self, model: str) -> Path | None:
@@ -159,7 +173,7 @@ class LlamacppPlugin:
         if missing <= 0:
             return
         if self.pool is None:
-            self.pool = WorkerPool(self.find_binaries())
+            self.pool = WorkerPool(await self._binaries_or_install())
         log.info("starting %d local RPC worker(s)", missing)
         await self.pool.start(missing)
 
@@ -258,15 +272,19 @@ class LlamacppPlugin:
         """What placement needs to know from this plugin, rebuilt only when it changed."""
         if self._facts is None:
             held: dict[str, frozenset[str]] = {}
+            busy: set[str] = set()
             if self.coordinators is not None:
                 for key, c in self.coordinators.running.items():
                     if c.alive:
                         held[key] = frozenset(w.key for w in c.workers)
+                    if c.in_flight:
+                        busy.add(key)
                 for key, workers in self.coordinators.starting.items():
                     held[key] = held.get(key, frozenset()) | {w.key for w in workers}
+                    busy.add(key)
             self._facts = ShardingFacts(
                 footprints=dict(self.footprints), unreadable=dict(self.unreadable), held=held,
-                factors=self.calibration.factors())
+                factors=self.calibration.factors(), busy=frozenset(busy))
         return self._facts
 
     @hookimpl
@@ -318,6 +336,8 @@ class LlamacppPlugin:
                 coordinator.calibrated = True
                 self._learn(request.model, plan, coordinator.child.log_path, options)
             coordinator.in_flight += 1  # never unloaded as idle while it answers
+            if coordinator.in_flight == 1:
+                self._changed()  # busy now: placement must not give its workers away
             try:
                 async for chunk in self._run_on(coordinator.url, request,
                                                 f"coordinator {coordinator.url}"):
@@ -334,6 +354,8 @@ class LlamacppPlugin:
             finally:
                 coordinator.in_flight -= 1
                 coordinator.last_used = time.monotonic()
+                if not coordinator.in_flight:
+                    self._changed()
 
     def _learn(self, model: str, plan: ShardPlan, log_path: Path,
                options: LlamacppSettings) -> None:

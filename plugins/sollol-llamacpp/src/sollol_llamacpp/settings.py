@@ -41,6 +41,9 @@ class LlamacppSettings:
     parallel: int = field(default=2, validator=positive)
     #: RPC workers to start on this machine with the router (0: use only the ones named).
     local_workers: int = field(default=0, validator=not_negative)
+    #: With ``local_workers`` and no llama.cpp binaries anywhere, build them (as ``sollol
+    #: llamacpp install`` does: minutes, once, with progress) instead of failing.
+    install_if_missing: bool = False
     #: RPC workers the router asks each agent (``discovery.agents``) to run while it runs.
     agent_workers: int = field(default=0, validator=not_negative)
     #: Workers a split uses at the least when that many are free (a split over one is no split).
@@ -67,6 +70,7 @@ SECTION = SettingsSection(
         "SOLLOL_COORDINATOR_TIMEOUT": "coordinator_timeout_s",
         "SOLLOL_IDLE_UNLOAD": "idle_unload_s",
         "SOLLOL_LOCAL_WORKERS": "local_workers",
+        "SOLLOL_INSTALL_LLAMACPP": "install_if_missing",
         "SOLLOL_AGENT_WORKERS": "agent_workers",
         "SOLLOL_MIN_SHARD_WORKERS": "min_shard_workers",
         "SOLLOL_LAYER_STRATEGY": "layer_strategy",
