@@ -24,7 +24,7 @@ from sollol_core.gateway.serve import PortInUseError
 from sollol_core.router import Router
 from sollol_llamacpp.binaries import Binaries
 from sollol_llamacpp.coordinator import fallback_chat_template, wait_healthy
-from sollol_llamacpp.processes import Child, ephemeral_port, logs_dir
+from sollol_llamacpp.processes import Child, ephemeral_port, log_file
 from sollol_llamacpp.settings import LlamacppSettings
 
 WHOLE = "smollm2:135m"
@@ -41,7 +41,7 @@ async def _start_node(binaries: Binaries, gguf: Path, say: Callable[[str], None]
     template = await asyncio.to_thread(fallback_chat_template, gguf)
     if template:
         argv += ["--no-jinja", "--chat-template", template]
-    child = await Child.spawn(argv, logs_dir() / f"demo-node-{port}.log")
+    child = await Child.spawn(argv, log_file("demo-node-", str(port)))
     address = f"127.0.0.1:{port}"
     try:
         await wait_healthy(child, f"http://{address}", f"{WHOLE} on the whole-model node",

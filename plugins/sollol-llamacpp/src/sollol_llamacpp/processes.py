@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -141,6 +142,31 @@ def logs_dir() -> Path:
     path = cache_root().parent / "logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+#: Logs of one kind kept in :func:`logs_dir` (the newest; one less than an hour old is kept
+#: anyway: its process may still be writing it).
+KEEP_LOGS = 50
+
+
+def log_file(kind: str, name: str) -> Path:
+    """A new log's path, ``<logs>/<kind><name>.log``; older logs of that kind beyond the newest
+    :data:`KEEP_LOGS` are removed, so that years of coordinators do not fill the cache."""
+    directory = logs_dir()
+    old = sorted(directory.glob(f"{kind}*.log"), key=_modified, reverse=True)[KEEP_LOGS:]
+    hour_ago = time.time() - 3600
+    for path in old:
+        if _modified(path) < hour_ago:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return directory / f"{kind}{name}.log"
+
+
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def run_id() -> str:

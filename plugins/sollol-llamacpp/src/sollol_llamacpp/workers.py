@@ -17,7 +17,7 @@ from attrs import define, field
 from sollol_core.errors import SollolError
 from sollol_core.types import Endpoint, is_loopback
 from sollol_llamacpp.binaries import Binaries
-from sollol_llamacpp.processes import Child, free_ports, logs_dir, wait_for_port
+from sollol_llamacpp.processes import Child, free_ports, log_file, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class WorkerPool:
 
     async def _launch(self, host: str, port: int, argv: tuple[str, ...],
                       restarts: int = 0) -> LocalWorker:
-        child = await Child.spawn(argv, logs_dir() / f"rpc-worker-{host}-{port}.log")
+        child = await Child.spawn(argv, log_file("rpc-worker-", f"{host}-{port}"))
         try:
             await wait_for_port(host, port, 30.0, child)
         except (OSError, TimeoutError) as exc:
