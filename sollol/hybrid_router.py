@@ -14,7 +14,7 @@ from attrs import frozen
 from sollol_core import api
 from sollol_core.errors import NoRouteError
 from sollol_core.plugins import plugin_attribute
-from sollol_core.types import model_key
+from sollol_core.types import Role, model_key
 
 __all__ = ["MODEL_PROFILES", "CoordinatorInfo", "HybridRouter"]
 
@@ -114,14 +114,19 @@ class HybridRouter(api.HybridRouter):
                              f"(model_filter), not {model!r}")
 
     async def should_use_distributed(self, model: str) -> bool:
-        """Whether ``model`` would be sharded: placement's decision where the fleet or a GGUF
-        here knows the model, else its ``MODEL_PROFILES`` entry (``requires_distributed``, or
-        over ``distributed_threshold_params`` billion parameters)."""
+        """Whether ``model`` would be sharded: placement's decision where a node of the fleet
+        has the model; ``True`` where only a GGUF here has it (only llama.cpp can run it);
+        else its ``MODEL_PROFILES`` entry (``requires_distributed``, or over
+        ``distributed_threshold_params`` billion parameters)."""
         if self._filtered_out(model) or not self.enable_distributed:
             return False
         await self._ready()
-        if self._known_here(model):
+        fleet = self.pool.router.fleet
+        if fleet.knows_model(model) or any(n.holds(model) for n in fleet.snapshot().nodes
+                                           if n.role is Role.NODE):
             return await super().should_use_distributed(model)
+        if self._known_here(model):
+            return True
         profile = _profile(model)
         if profile is None:
             return False

@@ -4,8 +4,6 @@ event loop thread and waits; routers still open at exit are closed then."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from sollol import hybrid_router, pool
 from sollol.priority_helpers import Priority
 from sollol_core import sync
@@ -22,11 +20,5 @@ class HybridRouter(sync.HybridRouter):
     __doc__ = hybrid_router.HybridRouter.__doc__
     _async_class = hybrid_router.HybridRouter
 
-    @property
-    def coordinator_model(self) -> str | None:
-        model: str | None = self._async.coordinator_model
-        return model
-
-    @property
-    def model_filter(self) -> Any:
-        return self._async.model_filter
+    coordinator_model = sync.attribute("coordinator_model")
+    model_filter = sync.attribute("model_filter")

@@ -6,6 +6,8 @@ is :mod:`sollol_core.sync`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +19,9 @@ from sollol_core.config import Settings
 from sollol_core.convert import unstructure
 from sollol_core.plugins import Plugins, plugin_attribute
 from sollol_core.router import Router
-from sollol_core.types import Health, InferenceRequest, Role, model_key
+from sollol_core.types import Health, InferenceRequest, Role, model_key, split_host_port
+
+log = logging.getLogger(__name__)
 
 Address = str | Mapping[str, Any]
 
@@ -166,12 +170,14 @@ class HybridRouter:
     that sharded requests load for any model neither ``[llamacpp] models`` nor the local Ollama
     store resolves (or a ``{model: path}`` mapping). ``layer_strategy`` and
     ``coordinator_timeout``, when not given, are the settings' (``[llamacpp]``: ``memory_aware``,
-    120 s). ``num_rpc_backends=N`` makes a split use N workers when N are free (and starts N
-    local workers with ``auto_setup_rpc``). Sharding itself comes from the ``sollol-llamacpp``
-    plugin; without it every request runs whole.
+    120 s). ``num_rpc_backends=N`` makes a split use N workers when N are free (with
+    ``auto_setup_rpc``, the ones missing are started here). Sharding itself comes from the
+    ``sollol-llamacpp`` plugin; ``enable_distributed`` is on when it is installed, unless given
+    (without it every request runs whole).
     """
 
-    def __init__(self, ollama_pool: OllamaPool | None = None, *, enable_distributed: bool = False,
+    def __init__(self, ollama_pool: OllamaPool | None = None, *,
+                 enable_distributed: bool | None = None,
                  rpc_backends: Sequence[Address] | None = None, auto_discover_rpc: bool = False,
                  auto_setup_rpc: bool = False, num_rpc_backends: int | None = None,
                  distributed_threshold_params: float | None = None,
@@ -192,6 +198,8 @@ class HybridRouter:
             if enable_distributed or rpc_backends or gguf_path is not None:
                 raise
             self._llamacpp = None  # nothing asked of llama.cpp: every request runs whole
+        if enable_distributed is None:  # the post's bare HybridRouter() shards what it must
+            enable_distributed = self._llamacpp is not None
         if ollama_pool is None:
             ollama_pool = OllamaPool(settings=settings, plugins=plugins)
         if self._llamacpp is not None:
@@ -205,8 +213,8 @@ class HybridRouter:
                 distributed_threshold_params=distributed_threshold_params
                 if distributed_threshold_params is not None
                 else own.distributed_threshold_params,
-                local_workers=(num_rpc_backends or 1) if enable_distributed and auto_setup_rpc
-                else own.local_workers,
+                install_if_missing=own.install_if_missing or (enable_distributed
+                                                              and auto_setup_rpc),
                 # asking for N backends means a split over N when N are free
                 min_shard_workers=max(own.min_shard_workers, num_rpc_backends or 0))))
         self.pool = ollama_pool
@@ -228,9 +236,14 @@ class HybridRouter:
         self.layer_strategy = effective.layer_strategy if effective is not None else layer_strategy
         self._requests = 0
         self._distributed = 0
+        #: RPC workers auto-setup still has to find or start (before the first request).
+        self._workers_to_set_up = ((num_rpc_backends or 1)
+                                   if enable_distributed and auto_setup_rpc
+                                   and self._llamacpp is not None else 0)
 
     async def start(self) -> None:
-        await self.pool.start()
+        """Start the pool, with the workers this router was given, found or set up."""
+        await self._ready()
 
     async def close(self) -> None:
         await self.pool.close()
@@ -254,10 +267,36 @@ class HybridRouter:
     async def _ready(self) -> None:
         """The pool started, and, when it already ran before this router was made, its fleet
         refreshed once with this router's settings (workers given or to start, GGUFs)."""
+        await self._set_up_workers()
         await self.pool.start()
         if self._rediscover:
             self._rediscover = False
             await self.pool.router.fleet.refresh()
+
+    async def _set_up_workers(self) -> None:
+        """Auto-setup, once: the RPC workers named (``rpc_backends``, ``RPC_BACKENDS``, found
+        by auto-discovery) and one on this machine's 50052 that answer count; as many as are
+        missing to ``num_rpc_backends`` are started here, supervised (built first if
+        llama.cpp is not installed)."""
+        wanted, self._workers_to_set_up = self._workers_to_set_up, 0
+        if not wanted:
+            return
+        router = self.pool.router
+        own: Any = router.settings.section(self._llamacpp)  # type: ignore[arg-type]
+        probe = plugin_attribute("sollol_llamacpp.rpc_probe", "probe_rpc", "sollol-llamacpp")
+        named = list(dict.fromkeys([*own.rpc_backends, "127.0.0.1:50052"]))
+        places = [split_host_port(a, default_port=50052) for a in named]
+        states = await asyncio.gather(*(probe(host, port,
+                                              timeout_s=router.settings.discovery.timeout_s)
+                                        for host, port in places))
+        found = sum(state.state == "ok" for state in states)
+        missing = wanted - found
+        log.info("auto-setup: %d of %d RPC workers found; starting %d here", min(found, wanted),
+                 wanted, max(missing, 0))
+        if missing > 0:
+            router.reconfigure(router.settings.with_sections(attrs.evolve(
+                own, local_workers=own.local_workers + missing)))
+            self._rediscover = self.pool.started
 
     async def _offer_default_gguf(self, model: str) -> None:
         """With one ``gguf_path`` for all models, a model that no RPC worker can take (neither
