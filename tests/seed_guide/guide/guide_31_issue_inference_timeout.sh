@@ -1,0 +1,3 @@
+# llama.cpp Model Sharding Guide, Troubleshooting > Issue: Inference Timeout
+# Check RPC backend logs
+# Look for layer assignment messages
