@@ -15,6 +15,7 @@ import contextlib
 import signal
 import sys
 
+from .cost import CostModel
 from .emulator import OllamaEmulator
 from .models import DEFAULT_MODELS, EmulatedModel
 
@@ -29,7 +30,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="a model it lists and serves (repeat; default: "
                              + ", ".join(m.name for m in DEFAULT_MODELS) + ")")
     parser.add_argument("--parallel", type=int, default=1, help="requests served at once")
-    parser.add_argument("--tokens-per-s", type=float, default=500.0)
+    parser.add_argument("--tokens-per-s", type=float, default=500.0, help="decode speed")
+    parser.add_argument("--prefill-tokens-per-s", type=float, default=None,
+                        help="turn the cost model on: prefill speed, per-slot prompt cache")
+    parser.add_argument("--output-tokens", type=int, default=32,
+                        help="reply length with the cost model, unless num_predict says")
     return parser.parse_args(argv)
 
 
@@ -40,9 +45,12 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    cost = (CostModel(prefill_tokens_per_s=args.prefill_tokens_per_s,
+                      output_tokens=args.output_tokens)
+            if args.prefill_tokens_per_s is not None else None)
     async with OllamaEmulator(name=args.name, models=models, parallel=args.parallel,
                               tokens_per_s=args.tokens_per_s, host=args.host,
-                              port=args.port) as node:
+                              port=args.port, cost=cost) as node:
         print(f"listening on {node.url}", flush=True)
         await stop.wait()
 

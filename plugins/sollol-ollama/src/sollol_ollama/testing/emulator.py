@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .cost import CostModel, SlotCache
 from .inference import InferenceMixin
 from .models import DEFAULT_MODELS, EmulatedModel, display_name, rfc3339
 from .protocol import (
@@ -66,6 +67,7 @@ class OllamaEmulator(InferenceMixin):
         host: str = "127.0.0.1",
         port: int = 0,
         check_host: bool = False,
+        cost: CostModel | None = None,
     ) -> None:
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
@@ -78,6 +80,9 @@ class OllamaEmulator(InferenceMixin):
         self.max_queue = max_queue
         self.version = version
         self.reply_words = reply_words
+        #: Prefill time, per-slot prompt cache and output length (off: replies are instant
+        #: after ``latency_s`` and ``reply_words`` long).
+        self.cost = cost
         self.host = host
         self.port = port
         self.check_host = check_host
@@ -146,6 +151,7 @@ class OllamaEmulator(InferenceMixin):
         self._starts += 1
         self._stopping = False
         self._slots = asyncio.Semaphore(self.parallel)
+        self._slot_cache = SlotCache(self.parallel)
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 2**20)
         app.router.add_get("/", self._root)
         app.router.add_get("/api/version", self._version)

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .cost import CostModel, SlotCache, chat_tokens, prompt_tokens
 from .models import EmulatedModel, display_name, full_name, normalised, now_utc, parse_name
 from .models import raw_vector as _raw_vector
 from .protocol import (
@@ -49,6 +50,8 @@ class InferenceMixin:
     _max_in_flight: int
     _expires: dict[str, float]
     _context: dict[str, int]
+    cost: CostModel | None
+    _slot_cache: SlotCache
 
     # -- model bookkeeping -------------------------------------------------------------------
     def _lookup(self, name: str, not_found: str) -> EmulatedModel:
@@ -174,8 +177,9 @@ class InferenceMixin:
         if not body.get("prompt"):
             self._load(model, body)
             return self._load_form(name, False, "load")
-        prompt_words = len(f"{body.get('system') or ''} {body['prompt']}".split())
-        return await self._produce(request, body, model, failure, False, thinking, prompt_words)
+        tokens = prompt_tokens(body.get("system"), str(body["prompt"]))
+        return await self._produce(request, body, model, failure, False, thinking, tokens,
+                                   len(tokens))
 
     async def _chat(self, request: web.Request, body: dict[str, Any],
                     failure: FailureKind | None) -> web.StreamResponse:
@@ -196,7 +200,8 @@ class InferenceMixin:
             self._load(model, body)
             return self._load_form(name, True, "load")
         prompt_words = sum(len(str(m.get("content") or "").split()) for m in messages)
-        return await self._produce(request, body, model, failure, True, thinking, prompt_words)
+        return await self._produce(request, body, model, failure, True, thinking,
+                                   chat_tokens(messages), prompt_words)
 
     def _tool_call(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """Call the first tool unless the conversation already ends with a tool result."""
@@ -217,8 +222,9 @@ class InferenceMixin:
 
     def _pieces(self, body: dict[str, Any], thinking: bool) -> tuple[list[tuple[str, str]], str]:
         """The (field, text) chunks to send and the done_reason."""
-        words = [self.name] + [f" word{i}" for i in range(1, self.reply_words)]
-        words = words[:max(self.reply_words, 0)]
+        length = self.cost.output_tokens if self.cost is not None else self.reply_words
+        words = [self.name] + [f" word{i}" for i in range(1, length)]
+        words = words[:max(length, 0)]
         reason = "stop"
         limit = int_option(body.get("options") or {}, "num_predict")
         if limit is not None and 0 <= limit < len(words):
@@ -243,7 +249,7 @@ class InferenceMixin:
 
     async def _produce(self, request: web.Request, body: dict[str, Any], model: EmulatedModel,
                        failure: FailureKind | None, chat: bool, thinking: bool,
-                       prompt_words: int) -> web.StreamResponse:
+                       tokens: tuple[str, ...], prompt_words: int) -> web.StreamResponse:
         name: str = body["model"]
         stream = body.get("stream") is not False
         pieces, reason = self._pieces(body, thinking)
@@ -252,19 +258,25 @@ class InferenceMixin:
             pieces = [p for p in pieces if p[0] == "thinking"]
         cut = max(1, len(pieces) // 2) if failure in (
             "die_midstream", "error_midstream", "stall_midstream") else -1
+        cost = self.cost
+        arrived = time.perf_counter()
         async with self._slot():
             started = time.perf_counter()
+            slot, cached = (self._slot_cache.take(tokens, reuse=cost.prompt_cache)
+                            if cost is not None else (None, 0))
+            sent: list[tuple[str, str]] = []
             load_ns = self._load(model, body)
             try:
                 if self.latency_s > 0:
                     await asyncio.sleep(self.latency_s)
+                if cost is not None:  # prefill: only what the slot does not hold yet
+                    await asyncio.sleep((len(tokens) - cached) / cost.prefill_tokens_per_s)
                 prompt_ns = max(1, int((time.perf_counter() - started) * 1e9))
                 response: web.StreamResponse | None = None
                 if stream:
                     response = web.StreamResponse()
                     response.content_type = "application/x-ndjson"
                     await response.prepare(request)
-                sent: list[tuple[str, str]] = []
                 for index, piece in enumerate(pieces):
                     if index == cut:
                         return await self._fail_midstream(request, response, failure, name)
@@ -281,8 +293,13 @@ class InferenceMixin:
                 eval_ns = max(1, int((time.perf_counter() - started) * 1e9) - prompt_ns)
             finally:
                 self._release(model, body)
+                if slot is not None:  # the slot keeps the prompt and the reply, as a KV cache
+                    reply = "".join(t for f, t in sent if f == "content").split()
+                    self._slot_cache.give_back(slot, (*tokens, *reply))
         eval_count = len(sent) + (tool_call is not None)
-        prompt_count = max(1, prompt_words)
+        # what was evaluated (a cached prefix is not); a real node's total includes its queue
+        prompt_count = len(tokens) - cached if cost is not None else max(1, prompt_words)
+        wait_ns = int((started - arrived) * 1e9) if cost is not None else 0
         final: dict[str, Any] = {"model": name, "created_at": now_utc()}
         text = "".join(t for f, t in sent if f == "content")
         thought = "".join(t for f, t in sent if f == "thinking")
@@ -301,7 +318,7 @@ class InferenceMixin:
         if not chat and not body.get("raw"):
             final["context"] = [1000 + i for i in range(prompt_count + eval_count)]
         final.update(
-            total_duration=load_ns + prompt_ns + eval_ns, load_duration=load_ns,
+            total_duration=wait_ns + load_ns + prompt_ns + eval_ns, load_duration=load_ns,
             prompt_eval_count=prompt_count, prompt_eval_duration=prompt_ns,
             eval_count=eval_count, eval_duration=eval_ns)
         if response is None:
