@@ -155,6 +155,8 @@ class Attempt:
     #: When its first chunk came (``time.monotonic()``).
     first_chunk_at: float | None = field(init=False, default=None)
     ended: bool = field(init=False, default=True)
+    #: Requests of ours on the node once this one joined them (itself included).
+    concurrent: int = field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         target = self.decision.target
@@ -164,6 +166,8 @@ class Attempt:
         router = self.journey.router
         router.breakers.of(self.key).started()
         router.fleet.adjust_in_flight(self.key, +1)
+        node = router.fleet.node(self.key)
+        self.concurrent = node.in_flight if node is not None else 1
         self.started, self.ended = time.monotonic(), False
         return self
 
@@ -230,6 +234,9 @@ class Attempt:
         duration_ms = (time.monotonic() - self.started) * 1000
         if error is None:
             router.fleet.performance.record(self.key, request.model, duration_ms, last)
+            router.fleet.capacity.served(self.key, self.concurrent, last)
+        elif error_type == "503":  # "server busy": the node is past what it serves at once
+            router.fleet.capacity.refused(self.key, self.concurrent)
         input_tokens, output_tokens = usage(last)
         await router.plugins.notify_attempt_finished(AttemptRecord(
             request_id=request.id, model=request.model, operation=request.operation,

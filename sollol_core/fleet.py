@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from attrs import define, evolve, field
 
+from sollol_core.capacity import CapacityBook
 from sollol_core.config import Settings
 from sollol_core.plugins import Plugins
 from sollol_core.stats import PerformanceBook
@@ -37,6 +38,13 @@ class Fleet:
     probe_listeners: list[Callable[[NodeSnapshot], None]] = field(factory=list)
     #: Every model a whole-model node has listed since the fleet started (normalised names).
     _models_seen: set[str] = field(factory=set)
+    #: Slots learnt from how nodes answer (see :mod:`sollol_core.capacity`).
+    capacity: CapacityBook = field(init=False)
+    #: The plugin's default slots of each node that has no number of its own.
+    _setting_slots: dict[str, int] = field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.capacity = CapacityBook(on_change=self._relearn)
 
     def snapshot(self) -> FleetSnapshot:
         """Frozen view for placement; snapshots older than ``stale_after_s`` are dropped."""
@@ -62,7 +70,29 @@ class Fleet:
 
     def record(self, snapshot: NodeSnapshot) -> None:
         """Replace what we know of one node (probes; executors after a request)."""
-        self._nodes[snapshot.endpoint.key] = snapshot
+        self._nodes[snapshot.endpoint.key] = self._with_learned(snapshot)
+
+    def _with_learned(self, snapshot: NodeSnapshot) -> NodeSnapshot:
+        """The snapshot with the slots learnt for its node, where it has none of its own."""
+        if snapshot.slots_source != "setting":
+            return snapshot
+        key = snapshot.endpoint.key
+        self._setting_slots[key] = snapshot.parallel
+        if not self.capacity.knows(key):
+            return snapshot
+        slots = self.capacity.slots(key, snapshot.parallel)
+        return snapshot if slots == snapshot.parallel else evolve(
+            snapshot, parallel=slots, slots_source="learned")
+
+    def _relearn(self, key: str) -> None:
+        node, setting = self._nodes.get(key), self._setting_slots.get(key)
+        if node is None or setting is None:
+            return
+        slots = self.capacity.slots(key, setting)
+        if slots != node.parallel:
+            log.info("%s serves %d request(s) at once, from how it answered", key, slots)
+        self._nodes[key] = evolve(node, parallel=slots,
+                                  slots_source="learned" if slots != setting else "setting")
 
     def adjust_in_flight(self, key: str, delta: int) -> None:
         node = self._nodes.get(key)
@@ -86,7 +116,8 @@ class Fleet:
                 known = self._nodes.get(snapshot.endpoint.key)
                 # in-flight counts are ours, not the probe's: keep them across probes
                 in_flight = known.in_flight if known else snapshot.in_flight
-                self._nodes[snapshot.endpoint.key] = evolve(snapshot, in_flight=in_flight)
+                self._nodes[snapshot.endpoint.key] = self._with_learned(
+                    evolve(snapshot, in_flight=in_flight))
         self._telemetry = tuple(telemetry)
         return self.snapshot()
 

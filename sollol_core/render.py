@@ -42,7 +42,7 @@ def _models(node: NodeSnapshot) -> str:
 def nodes_table(fleet: FleetSnapshot) -> Table:
     table = Table(title="Nodes", title_justify="left")
     for column in ("endpoint", "found via", "role", "health", "latency", "version", "memory",
-                   "busy", "models", "detail"):
+                   "busy/slots", "models", "detail"):
         # where a node came from (config, OLLAMA_HOST, localhost...) is read whole, never folded
         table.add_column(column, overflow="fold", no_wrap=column == "found via")
     for node in sorted(fleet.nodes, key=lambda n: n.endpoint.key):
@@ -51,7 +51,8 @@ def nodes_table(fleet: FleetSnapshot) -> Table:
             node.endpoint.key, node.endpoint.source, node.role.value,
             f"[{style}]{node.health.value}[/]",
             f"{node.latency_ms:.1f} ms" if node.latency_ms is not None else "-",
-            node.version or "-", _memory(node), f"{node.in_flight}/{node.parallel}",
+            node.version or "-", _memory(node),
+            f"{node.in_flight}/{node.parallel} ({node.slots_source})",
             _models(node), node.detail or "")
     return table
 

@@ -88,6 +88,10 @@ class NodeSnapshot:
     in_flight: int = 0
     #: How many requests the node serves at once (Ollama's OLLAMA_NUM_PARALLEL, llama.cpp slots).
     parallel: int = 1
+    #: Where :attr:`parallel` comes from: ``node`` (it says so itself, e.g. llama-server's
+    #: ``/props``), ``configured`` (for this node), ``learned`` (from how it answered: it
+    #: queued or refused past that many), or ``setting`` (the plugin's default for every node).
+    slots_source: str = "setting"
 
     @classmethod
     def down(cls, endpoint: Endpoint, detail: str, *,
@@ -102,7 +106,7 @@ class NodeSnapshot:
             endpoint=self.endpoint, health=self.health, taken_at=self.taken_at, role=self.role,
             latency_ms=self.latency_ms, version=self.version, detail=self.detail,
             devices=self.devices, models=self.models, in_flight=in_flight,
-            parallel=self.parallel)
+            parallel=self.parallel, slots_source=self.slots_source)
 
     @functools.cached_property
     def free_bytes(self) -> int:

@@ -74,6 +74,7 @@ async def test_llama_server_node_is_probed_and_serves_both_apis(llama_node: str)
         (node,) = router.fleet.snapshot().nodes
         assert node.endpoint.kind == "llamacpp" and node.role is Role.NODE
         assert node.health is Health.UP and node.holds(MODEL) and node.parallel == 2
+        assert node.slots_source == "node"  # its /props total_slots
 
         client = ollama.AsyncClient(host=url)
         reply = await client.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}],

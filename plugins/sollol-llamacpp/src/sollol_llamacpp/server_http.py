@@ -106,11 +106,12 @@ async def probe_server(session: aiohttp.ClientSession, endpoint: Endpoint,
     names = [m.get("id", "") for m in (models or {}).get("data", []) if isinstance(m, dict)]
     if not names and props.get("model_path"):
         names = [Path(str(props["model_path"])).name]
-    parallel = int(props.get("total_slots") or 1)
+    said = props.get("total_slots")
+    parallel = int(said or 1)
     busy = sum(1 for s in slots if s.get("is_processing")) if isinstance(slots, list) else 0
     return NodeSnapshot(
         endpoint=endpoint, health=Health.UP, taken_at=time.time(), role=Role.NODE,
         latency_ms=round(latency, 3), version=str(props.get("build_info", "llama-server")),
         detail=f"{busy}/{parallel} slots busy",
         models=tuple(ModelInfo(name=n, loaded=True) for n in names if n),
-        in_flight=busy, parallel=parallel)
+        in_flight=busy, parallel=parallel, slots_source="node" if said else "setting")

@@ -83,7 +83,7 @@ class Discovery:
                        environ: Mapping[str, str] | None = None) -> list[Endpoint]:
         env = os.environ if environ is None else environ
         named = [Endpoint.parse(KIND, a, default_port=DEFAULT_PORT, source="config")
-                 for a in settings.section(OllamaSettings).nodes]
+                 for a in settings.section(OllamaSettings).addresses()]
         implicit: list[tuple[str, str]] = []
         if implicit_nodes_wanted(settings):
             if (address := from_ollama_host(env.get("OLLAMA_HOST", ""))) is not None:

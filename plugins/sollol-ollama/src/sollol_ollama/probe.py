@@ -47,11 +47,14 @@ class Prober:
             return NodeSnapshot.down(endpoint, _reason(exc, settings.health.timeout_s))
         models = _models(tags, running.get("models") or [])
         loaded = sum(1 for m in models if m.loaded)
+        own = settings.section(OllamaSettings)
+        configured = own.slots_for(endpoint.address)  # Ollama does not say its own
         return NodeSnapshot(
             endpoint=endpoint, health=Health.UP, taken_at=time.time(),
             latency_ms=round(latency_ms, 3), version=version["version"],
             detail=f"{len(models)} models, {loaded} loaded", models=tuple(models),
-            parallel=settings.section(OllamaSettings).parallel)
+            parallel=configured or own.parallel,
+            slots_source="configured" if configured else "setting")
 
     async def _inventory(self, session: aiohttp.ClientSession, base: str,
                          timeout: aiohttp.ClientTimeout) -> list[dict[str, Any]]:
