@@ -1,7 +1,9 @@
 """Benchmark: one routing decision through the plugin manager.
 
 Measures ``Plugins.place(request, fleet)`` -- the ``sollol_place`` hook call a request makes,
-answered by the built-in policy only -- on made-up fleets of 10, 100 and 1000 nodes. Each call is
+answered by the built-in policy only -- on made-up fleets of 10, 100 and 1000 nodes, first with no
+measurements (free room decides), then with every node's prefill and decode rates measured (the
+policy predicts each node's time). Each call is
 timed on its own with ``time.perf_counter_ns`` after a warm-up; p50, p99 and mean are reported in
 microseconds, printed as a table and written as JSON (``benchmarks/results/placement.json`` unless
 ``--output`` says otherwise). Every size checks once that the decision is sane, so a broken policy
@@ -23,12 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from attrs import evolve
 from report import environment, percentile, write  # the benchmarks folder is on sys.path
 
 from sollol_core.config import PluginSettings
 from sollol_core.plugins import Plugins
 from sollol_core.testing import fleet, node
-from sollol_core.types import FleetSnapshot, Health, InferenceRequest
+from sollol_core.types import FleetSnapshot, Health, InferenceRequest, Performance
 
 SIZES = (10, 100, 1000)
 MODEL = "m"
@@ -48,6 +51,16 @@ def make_fleet(size: int) -> FleetSnapshot:
     return fleet(*nodes)
 
 
+def with_measurements(snapshot: FleetSnapshot) -> FleetSnapshot:
+    """Every node's rates for ``MODEL`` measured (as after a while in service)."""
+    return evolve(snapshot, performance=tuple(
+        Performance(node=n.endpoint.key, model=MODEL, latency_ms=200.0 + i % 40 * 10,
+                    tokens_per_s=20.0 + i % 17 * 5, samples=10,
+                    prefill_tokens_per_s=500.0 + i % 11 * 200, load_ms=3000.0,
+                    output_tokens=120.0)
+        for i, n in enumerate(snapshot.nodes)))
+
+
 def check(plugins: Plugins, request: InferenceRequest, snapshot: FleetSnapshot) -> None:
     decision = plugins.place(request, snapshot)
     assert decision is not None and decision.target is not None, decision
@@ -55,9 +68,9 @@ def check(plugins: Plugins, request: InferenceRequest, snapshot: FleetSnapshot) 
     assert chosen is not None and chosen.health is Health.UP and chosen.holds(MODEL), decision
 
 
-def measure(plugins: Plugins, size: int, calls: int) -> dict[str, Any]:
-    snapshot = make_fleet(size)
-    request = InferenceRequest.chat(MODEL, [])
+def measure(plugins: Plugins, size: int, calls: int, measured: bool) -> dict[str, Any]:
+    snapshot = with_measurements(make_fleet(size)) if measured else make_fleet(size)
+    request = InferenceRequest.chat(MODEL, [{"role": "user", "content": "Hello " * 50}])
     check(plugins, request, snapshot)
     for _ in range(max(calls // 10, 5)):
         plugins.place(request, snapshot)
@@ -72,7 +85,8 @@ def measure(plugins: Plugins, size: int, calls: int) -> dict[str, Any]:
     finally:
         gc.enable()
     mean = statistics.fmean(samples)
-    return {"nodes": size, "calls": calls, "p50_us": round(percentile(samples, 50) / 1000, 2),
+    return {"nodes": size, "measured": measured, "calls": calls,
+            "p50_us": round(percentile(samples, 50) / 1000, 2),
             "p99_us": round(percentile(samples, 99) / 1000, 2), "mean_us": round(mean / 1000, 2)}
 
 
@@ -86,14 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     # An empty allow-list: entry-point plugins stay out, the built-in policy answers alone.
     plugins = Plugins.load(PluginSettings(load=()))
     results = []
-    for size in SIZES:
-        print(f"placement: {size} nodes, {calls} calls...", file=sys.stderr, flush=True)
-        results.append(measure(plugins, size, calls))
+    for measured in (False, True):
+        for size in SIZES:
+            print(f"placement: {size} nodes{', measured' if measured else ''}, {calls} calls...",
+                  file=sys.stderr, flush=True)
+            results.append(measure(plugins, size, calls, measured))
 
-    print(f"{'nodes':>6} {'calls':>6} {'p50 us':>10} {'p99 us':>10} {'mean us':>10}")
+    print(f"{'nodes':>6} {'measured':>9} {'calls':>6} {'p50 us':>10} {'p99 us':>10} "
+          f"{'mean us':>10}")
     for r in results:
-        print(f"{r['nodes']:>6} {r['calls']:>6} {r['p50_us']:>10.2f} {r['p99_us']:>10.2f} "
-              f"{r['mean_us']:>10.2f}")
+        print(f"{r['nodes']:>6} {r['measured']!s:>9} {r['calls']:>6} {r['p50_us']:>10.2f} "
+              f"{r['p99_us']:>10.2f} {r['mean_us']:>10.2f}")
 
     write(args.output, {"benchmark": "placement", **environment(), "results": results})
     return 0

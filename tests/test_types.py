@@ -22,7 +22,7 @@ def test_with_in_flight_changes_only_the_count() -> None:
     # every field is carried over: a field added to NodeSnapshot must be added there too
     assert {f.name for f in fields(type(snapshot))} == {
         "endpoint", "health", "taken_at", "role", "latency_ms", "version", "detail", "devices",
-        "models", "in_flight", "parallel"}
+        "models", "in_flight", "parallel", "slots_source"}
 
 
 

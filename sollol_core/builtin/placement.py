@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 
+from sollol_core.builtin import prediction
 from sollol_core.hookspecs import hookimpl
 from sollol_core.types import (
     Candidate,
@@ -77,28 +78,55 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision:
     seen = fleet.performance_by_node(model)
     up, role = Health.UP, Role.NODE
     healthy = 0
-    # (-score, endpoint key, node, loaded): tuples compare in C; the unique endpoint key breaks
-    # ties deterministically, so the node and the flag are never compared
-    scored: list[tuple[float, str, NodeSnapshot, bool]] = []
+    holders: list[tuple[NodeSnapshot, bool]] = []
     for node in fleet.nodes:
         if node.health is up and node.role is role:
             healthy += 1
             loaded = node.model_state(key)
             if loaded is not None:
-                endpoint = node.endpoint.key
-                scored.append((-score(node, loaded, seen.get(endpoint) if seen else None),
-                               endpoint, node, loaded))
-    if not scored:
+                holders.append((node, loaded))
+    if not holders:
         return Decision.refuse(
             request, policy=POLICY,
             reason=(f"model '{model}' is on no healthy node "
                     f"({healthy} healthy of {len(fleet.nodes)} known)"))
+    prior = prediction.prior(seen.values()) if seen else None
+    if prior is not None:  # some node has run this model: choose by predicted time
+        return _by_prediction(request, fleet, holders, seen, prior)
+    # (-score, endpoint key, node, loaded): tuples compare in C; the unique endpoint key breaks
+    # ties deterministically, so the node and the flag are never compared
+    scored = [(-score(node, loaded, None), node.endpoint.key, node, loaded)
+              for node, loaded in holders]
     # Only the few best are explained; a full sort of a large fleet would cost more than scoring.
     best = heapq.nsmallest(KEPT_CANDIDATES, scored)
-    candidates = tuple(
-        Candidate(n.endpoint, round(-value, 3),
-                  explain(n, loaded, seen.get(endpoint) if seen else None, fleet))
-        for value, endpoint, n, loaded in best)
+    candidates = tuple(Candidate(n.endpoint, round(-value, 3), explain(n, loaded, None, fleet))
+                       for value, _, n, loaded in best)
     chosen = candidates[0]
     return Decision.whole(request, chosen.endpoint, policy=POLICY, candidates=candidates,
                           reason=f"best of {len(scored)} holding the model: {chosen.note}")
+
+
+def _by_prediction(request: InferenceRequest, fleet: FleetSnapshot,
+                   holders: list[tuple[NodeSnapshot, bool]], seen: dict[str, Performance],
+                   prior: prediction.Prior) -> Decision:
+    """Each holder's predicted time to the answer's end (and its first token), from what the
+    fleet measured; the earliest wins, with the numbers in the reason."""
+    work = prediction.Work.of(request, seen.values())
+    rank, get = prediction.rank, seen.get
+    # (predicted s, endpoint key, node, loaded): the unique key breaks ties
+    ranked = [(rank(node, loaded, get(node.endpoint.key), prior, work), node.endpoint.key, node,
+               loaded) for node, loaded in holders]
+    best = [(endpoint, n, loaded, prediction.forecast(n, loaded, get(endpoint), prior, work))
+            for _, endpoint, n, loaded in heapq.nsmallest(KEPT_CANDIDATES, ranked)]
+    candidates = tuple(
+        Candidate(n.endpoint, round(-f.done_s * 1000, 3),
+                  f"first token {f.first_token_s:.2f} s, end {f.done_s:.2f} s; "
+                  f"{explain(n, loaded, get(endpoint), fleet)}")
+        for endpoint, n, loaded, f in best)
+    forecast = best[0][3]
+    runner_up = (f"; next best {best[1][3].first_token_s:.2f} s to the first token, "
+                 f"{best[1][3].done_s:.2f} s to the end" if len(best) > 1 else "")
+    return Decision.whole(request, candidates[0].endpoint, policy=POLICY,
+                          candidates=candidates,
+                          reason=(f"earliest of {len(ranked)} holding the model: "
+                                  f"{forecast.describe(work)}{runner_up}"))

@@ -209,8 +209,15 @@ class Performance:
     node: str
     model: str
     latency_ms: float
+    #: Generation (decode) speed: Ollama's ``eval_count / eval_duration``.
     tokens_per_s: float | None = None
     samples: int = 0
+    #: Prompt evaluation (prefill) speed: ``prompt_eval_count / prompt_eval_duration``.
+    prefill_tokens_per_s: float | None = None
+    #: Time to load the model when it was not in memory (``load_duration`` of cold starts).
+    load_ms: float | None = None
+    #: Tokens generated per answer.
+    output_tokens: float | None = None
 
 
 @frozen

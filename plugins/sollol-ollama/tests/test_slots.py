@@ -97,3 +97,4 @@ async def test_a_node_that_says_server_busy_is_learnt_to_serve_fewer() -> None:
             learnt = pool.router.fleet.node(f"ollama://{node.address}")
             assert learnt is not None
             assert (learnt.parallel, learnt.slots_source) == (1, "learned")
+

@@ -1,0 +1,148 @@
+"""Predicted times of a request on a node, from what the fleet measured (pure arithmetic).
+
+    first token = wait for a slot + load (if the model is not in memory) + prompt / prefill rate
+    end         = first token + expected output / decode rate
+
+Rates, load times and output lengths are moving averages per (node, model) from Ollama's own
+counts (``prompt_eval_count / prompt_eval_duration``, ``eval_count / eval_duration``,
+``load_duration``, ``eval_count``; llama-server's ``timings`` arrive in the same fields). A node
+that never ran the model gets the median of the nodes that did (a prior), and a small head start
+(:data:`EXPLORE`) so that it is tried when it is nearly as good, and so measured.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+
+from attrs import frozen
+
+from sollol_core.types import InferenceRequest, NodeSnapshot, Performance
+
+#: An unmeasured node's predicted time is multiplied by this: it is tried when close.
+EXPLORE = 0.9
+#: Output tokens assumed when neither the request (``num_predict``) nor any answer says.
+DEFAULT_OUTPUT = 128.0
+#: Characters per token, to estimate a prompt's tokens without a tokenizer.
+CHARS_PER_TOKEN = 4.0
+
+
+@frozen
+class Prior:
+    """The medians of the measured nodes, for nodes that have not run the model yet."""
+
+    prefill: float | None
+    decode: float | None
+    load_ms: float | None
+    service_ms: float
+
+
+def prior(measured: Iterable[Performance]) -> Prior | None:
+    """None when no node has told its rates for the model yet (placement then scores free
+    room and latency)."""
+    seen = list(measured)
+    if not any(p.tokens_per_s or p.prefill_tokens_per_s for p in seen):
+        return None
+
+    def median(values: Iterable[float | None]) -> float | None:
+        known = sorted(v for v in values if v)
+        if not known:
+            return None
+        middle = len(known) // 2
+        return known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
+
+    return Prior(prefill=median(p.prefill_tokens_per_s for p in seen),
+                 decode=median(p.tokens_per_s for p in seen),
+                 load_ms=median(p.load_ms for p in seen),
+                 service_ms=median(p.latency_ms for p in seen) or 0.0)
+
+
+@frozen
+class Work:
+    """What the request asks of a node: prompt tokens to evaluate and tokens to generate."""
+
+    prompt_tokens: float
+    output_tokens: float
+
+    @classmethod
+    def of(cls, request: InferenceRequest, measured: Iterable[Performance]) -> Work:
+        body = request.body
+        chars = len(str(body.get("prompt") or "")) + len(str(body.get("system") or ""))
+        for message in body.get("messages") or ():
+            if isinstance(message, dict):
+                chars += len(str(message.get("content") or ""))
+        options = body.get("options")
+        limit = options.get("num_predict") if isinstance(options, dict) else None
+        if isinstance(limit, int) and limit >= 0:
+            output = float(limit)
+        else:
+            lengths = [p.output_tokens for p in measured if p.output_tokens]
+            output = statistics.fmean(lengths) if lengths else DEFAULT_OUTPUT
+        return cls(prompt_tokens=max(chars / CHARS_PER_TOKEN, 1.0), output_tokens=output)
+
+
+@frozen
+class Forecast:
+    wait_s: float
+    load_s: float
+    prefill_s: float
+    first_token_s: float
+    done_s: float
+    prefill_rate: float | None
+    decode_rate: float | None
+    measured: bool
+
+    @property
+    def rank_s(self) -> float:
+        return self.done_s if self.measured else self.done_s * EXPLORE
+
+    def describe(self, work: Work) -> str:
+        parts = [f"expected first token {self.first_token_s:.2f} s, end {self.done_s:.2f} s"]
+        if self.wait_s:
+            parts.append(f"{self.wait_s:.2f} s waiting for a slot")
+        if self.load_s:
+            parts.append(f"{self.load_s:.2f} s loading")
+        if self.prefill_rate:
+            parts.append(f"{work.prompt_tokens:,.0f} prompt tokens at "
+                         f"{self.prefill_rate:,.0f}/s")
+        if self.decode_rate:
+            parts.append(f"{work.output_tokens:,.0f} tokens at {self.decode_rate:,.0f}/s")
+        if not self.measured:
+            parts.append("not measured yet: the fleet's medians")
+        return parts[0] + " (" + ", ".join(parts[1:]) + ")" if len(parts) > 1 else parts[0]
+
+
+def forecast(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
+             work: Work) -> Forecast:
+    """The request's predicted times on ``node``."""
+    wait, load, prefill_s, first, done, prefill, decode = _times(node, loaded, seen, prior, work)
+    return Forecast(wait_s=wait, load_s=load, prefill_s=prefill_s, first_token_s=first,
+                    done_s=done, prefill_rate=prefill, decode_rate=decode,
+                    measured=seen is not None)
+
+
+def rank(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
+         work: Work) -> float:
+    """:attr:`Forecast.rank_s` without building the forecast (it runs once per node)."""
+    done = _times(node, loaded, seen, prior, work)[4]
+    return done if seen is not None else done * EXPLORE
+
+
+def _times(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
+           work: Work) -> tuple[float, float, float, float, float, float | None, float | None]:
+    if seen is not None:
+        prefill = seen.prefill_tokens_per_s or prior.prefill
+        decode = seen.tokens_per_s or prior.decode
+        service_ms, load_ms = seen.latency_ms, seen.load_ms or prior.load_ms
+    else:
+        prefill, decode = prior.prefill, prior.decode
+        service_ms, load_ms = prior.service_ms, prior.load_ms
+    parallel = node.parallel if node.parallel > 0 else 1
+    # every slot busy: the next one frees after about a service time shared by the slots
+    ahead = node.in_flight - parallel + 1
+    wait = ahead * service_ms / 1000 / parallel if ahead > 0 else 0.0
+    load = 0.0 if loaded or not load_ms else load_ms / 1000
+    prefill_s = work.prompt_tokens / prefill if prefill else 0.0
+    first = wait + load + prefill_s
+    done = first + (work.output_tokens / decode if decode else service_ms / 1000)
+    return wait, load, prefill_s, first, done, prefill, decode
