@@ -3,7 +3,10 @@
 Measures ``Plugins.place(request, fleet)`` -- the ``sollol_place`` hook call a request makes,
 answered by the built-in policy only -- on made-up fleets of 10, 100 and 1000 nodes, first with no
 measurements (free room decides), then with every node's prefill and decode rates measured (the
-policy predicts each node's time). Each call is
+policy predicts each node's time), then also with the prompt-cache index full (200,000 prefixes,
+a quarter of the nodes holding part of this request's prompt): each call then also looks the
+request up in the index and adds what it found to the snapshot, as ``Router.decide`` does. Each
+call is
 timed on its own with ``time.perf_counter_ns`` after a warm-up; p50, p99 and mean are reported in
 microseconds, printed as a table and written as JSON (``benchmarks/results/placement.json`` unless
 ``--output`` says otherwise). Every size checks once that the decision is sane, so a broken policy
@@ -28,6 +31,7 @@ from typing import Any
 from attrs import evolve
 from report import environment, percentile, write  # the benchmarks folder is on sys.path
 
+from sollol_core.affinity import AffinityIndex, PromptCache, prefixes
 from sollol_core.config import PluginSettings
 from sollol_core.plugins import Plugins
 from sollol_core.testing import fleet, node
@@ -68,24 +72,51 @@ def check(plugins: Plugins, request: InferenceRequest, snapshot: FleetSnapshot) 
     assert chosen is not None and chosen.health is Health.UP and chosen.holds(MODEL), decision
 
 
-def measure(plugins: Plugins, size: int, calls: int, measured: bool) -> dict[str, Any]:
+def full_index(snapshot: FleetSnapshot, request: InferenceRequest) -> AffinityIndex:
+    """200,000 prefixes of other conversations, and this request's first messages on a quarter
+    of the nodes."""
+    index = AffinityIndex()
+    for i in range(200_000):
+        index.record(f"n{i % 97}", ((i, 10.0),), now=0.0)
+    steps = prefixes(request)
+    for n in snapshot.nodes[::4]:
+        index.record(n.endpoint.key, steps[:2], now=0.0)
+    return index
+
+
+def measure(plugins: Plugins, size: int, calls: int, measured: bool,
+            cached: bool = False) -> dict[str, Any]:
     snapshot = with_measurements(make_fleet(size)) if measured else make_fleet(size)
-    request = InferenceRequest.chat(MODEL, [{"role": "user", "content": "Hello " * 50}])
+    request = InferenceRequest.chat(MODEL, [
+        {"role": "system", "content": "Be brief. " * 40},
+        {"role": "user", "content": "Hello " * 50}, {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": "And now? " * 10}])
+    index = full_index(snapshot, request) if cached else None
+    steps = prefixes(request)
+
+    def decide() -> None:
+        fleet = snapshot
+        if index is not None:
+            found = index.lookup(steps, now=1.0)
+            if found is not None:
+                fleet = evolve(fleet, facts={**fleet.facts, PromptCache: found})
+        plugins.place(request, fleet)
+
     check(plugins, request, snapshot)
     for _ in range(max(calls // 10, 5)):
-        plugins.place(request, snapshot)
+        decide()
     samples: list[int] = []
     clock = time.perf_counter_ns
     gc.disable()
     try:
         for _ in range(calls):
             start = clock()
-            plugins.place(request, snapshot)
+            decide()
             samples.append(clock() - start)
     finally:
         gc.enable()
     mean = statistics.fmean(samples)
-    return {"nodes": size, "measured": measured, "calls": calls,
+    return {"nodes": size, "measured": measured, "prompt_cache": cached, "calls": calls,
             "p50_us": round(percentile(samples, 50) / 1000, 2),
             "p99_us": round(percentile(samples, 99) / 1000, 2), "mean_us": round(mean / 1000, 2)}
 
@@ -100,17 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     # An empty allow-list: entry-point plugins stay out, the built-in policy answers alone.
     plugins = Plugins.load(PluginSettings(load=()))
     results = []
-    for measured in (False, True):
+    for measured, cached in ((False, False), (True, False), (True, True)):
         for size in SIZES:
-            print(f"placement: {size} nodes{', measured' if measured else ''}, {calls} calls...",
+            print(f"placement: {size} nodes{', measured' if measured else ''}"
+                  f"{', prompt-cache index full' if cached else ''}, {calls} calls...",
                   file=sys.stderr, flush=True)
-            results.append(measure(plugins, size, calls, measured))
+            results.append(measure(plugins, size, calls, measured, cached))
 
-    print(f"{'nodes':>6} {'measured':>9} {'calls':>6} {'p50 us':>10} {'p99 us':>10} "
+    print(f"{'nodes':>6} {'measured':>9} {'cache':>6} {'calls':>6} {'p50 us':>10} {'p99 us':>10} "
           f"{'mean us':>10}")
     for r in results:
-        print(f"{r['nodes']:>6} {r['measured']!s:>9} {r['calls']:>6} {r['p50_us']:>10.2f} "
-              f"{r['p99_us']:>10.2f} {r['mean_us']:>10.2f}")
+        print(f"{r['nodes']:>6} {r['measured']!s:>9} {r['prompt_cache']!s:>6} {r['calls']:>6} "
+              f"{r['p50_us']:>10.2f} {r['p99_us']:>10.2f} {r['mean_us']:>10.2f}")
 
     write(args.output, {"benchmark": "placement", **environment(), "results": results})
     return 0

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from attrs import define, evolve, field, frozen
 
+from sollol_core.affinity import prefixes as prompt_prefixes
 from sollol_core.config import Settings
 from sollol_core.errors import BackendError, NoRouteError
 from sollol_core.hookspecs import Chunk
@@ -100,10 +101,14 @@ class Journey:
     #: Why it failed, when an attempt's failure ended it (else what it raised says why).
     reason: str | None = None
     finished: bool = False
+    #: The prompt's prefix hashes (for the prompt-cache index), once per request.
+    prefixes: tuple[tuple[int, float], ...] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.limits = Limits.of(self.request, self.router.settings, self.started)
         self.attempts = len(self.failures)
+        self.prefixes = (prompt_prefixes(self.request)
+                         if self.router.settings.routing.prompt_cache_entries else ())
 
     def decided(self, decision: Decision, attempt: int) -> None:
         self.decision, self.attempts = decision, attempt
@@ -235,6 +240,8 @@ class Attempt:
         if error is None:
             router.fleet.performance.record(self.key, request.model, duration_ms, last)
             router.fleet.capacity.served(self.key, self.concurrent, last)
+            if journey.prefixes and self.decision.target is not None:
+                router.affinity.record(self.key, journey.prefixes)
         elif error_type == "503":  # "server busy": the node is past what it serves at once
             router.fleet.capacity.refused(self.key, self.concurrent)
         input_tokens, output_tokens = usage(last)

@@ -197,6 +197,11 @@ class RoutingSettings:
     queue_size: int = field(default=256, validator=positive)
     #: Priority levels a waiting request gains per second, so low priority never starves.
     aging_per_s: float = field(default=0.5, validator=positive)
+    #: Prompt prefixes remembered to send a conversation back where its prompt is cached
+    #: (about 200 bytes each); 0 turns the index off.
+    prompt_cache_entries: int = field(default=200_000, validator=not_negative)
+    #: How long a node is assumed to keep a prompt it processed (Ollama's keep_alive: 5 min).
+    prompt_cache_ttl_s: float = field(default=300.0, validator=positive)
 
 
 @frozen

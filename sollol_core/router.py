@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from attrs import define, evolve, field, frozen
 
+from sollol_core.affinity import AffinityIndex, PromptCache
 from sollol_core.attempt import (
     Attempt,
     FirstChunkTimeout,
@@ -65,9 +66,16 @@ class Router:
     breakers: Breakers = field(factory=Breakers)
     _lifespan: contextlib.AsyncExitStack | None = None
     _guardian: asyncio.Task[None] | None = None
+    #: Which nodes processed which prompt prefixes lately (see :mod:`sollol_core.affinity`).
+    affinity: AffinityIndex = field(factory=AffinityIndex)
 
     def __attrs_post_init__(self) -> None:
         self.fleet.probe_listeners.append(self._probed)
+        self._size_affinity()
+
+    def _size_affinity(self) -> None:
+        self.affinity.max_entries = self.settings.routing.prompt_cache_entries
+        self.affinity.ttl_s = self.settings.routing.prompt_cache_ttl_s
 
     @classmethod
     def create(cls, settings: Settings, plugins: Plugins | None = None) -> Router:
@@ -117,19 +125,24 @@ class Router:
         """Use new settings from now on (the probe schedule and every hook call read them)."""
         self.settings = settings
         self.fleet.settings = settings
+        self._size_affinity()
 
     def _probed(self, snapshot: NodeSnapshot) -> None:
         self.breakers.probed(snapshot.endpoint.key, snapshot.health is Health.UP,
                              time.monotonic())
 
-    def decide(self, request: InferenceRequest, *,
-               exclude: frozenset[str] = frozenset()) -> Decision:
-        """Ask the placement policies; nodes in ``exclude`` or behind an open circuit are hidden."""
+    def decide(self, request: InferenceRequest, *, exclude: frozenset[str] = frozenset(),
+               prefixes: tuple[tuple[int, float], ...] = ()) -> Decision:
+        """Ask the placement policies; nodes in ``exclude`` or behind an open circuit are hidden;
+        ``prefixes`` (the request's prompt prefixes) find the nodes that hold its prompt."""
         fleet = self.fleet.snapshot()
         hidden = exclude | self.breakers.blocked(time.monotonic())
         if hidden:
             fleet = evolve(fleet, nodes=tuple(n for n in fleet.nodes
                                               if n.endpoint.key not in hidden))
+        cache = self.affinity.lookup(prefixes) if prefixes else None
+        if cache is not None:  # for this request only: placement weighs it, purely
+            fleet = evolve(fleet, facts={**fleet.facts, PromptCache: cache})
         decision = self.plugins.place(request, fleet, self.settings)
         if decision is None:
             raise NoRouteError("no placement policy is enabled (is builtin-placement blocked?)")
@@ -152,7 +165,7 @@ class Router:
         enqueued: float | None = None
         try:
             while True:
-                decision = self.decide(request, exclude=tried)
+                decision = self.decide(request, exclude=tried, prefixes=journey.prefixes)
                 if not decision.placed or not self._must_wait(decision, enqueued is not None):
                     return decision
                 assert decision.target is not None

@@ -7,7 +7,9 @@ Registered ``trylast`` so that any installed policy is asked first; block it by 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 
+from sollol_core.affinity import PromptCache
 from sollol_core.builtin import prediction
 from sollol_core.hookspecs import hookimpl
 from sollol_core.types import (
@@ -113,10 +115,15 @@ def _by_prediction(request: InferenceRequest, fleet: FleetSnapshot,
     fleet measured; the earliest wins, with the numbers in the reason."""
     work = prediction.Work.of(request, seen.values())
     rank, get = prediction.rank, seen.get
+    cache = fleet.fact(PromptCache)
+    cached: Mapping[str, float] = cache.cached_tokens if cache is not None else {}
+    held = cached.get
     # (predicted s, endpoint key, node, loaded): the unique key breaks ties
-    ranked = [(rank(node, loaded, get(node.endpoint.key), prior, work), node.endpoint.key, node,
-               loaded) for node, loaded in holders]
-    best = [(endpoint, n, loaded, prediction.forecast(n, loaded, get(endpoint), prior, work))
+    ranked = [(rank(node, loaded, get(node.endpoint.key), prior, work,
+                    held(node.endpoint.key, 0.0)), node.endpoint.key, node, loaded)
+              for node, loaded in holders]
+    best = [(endpoint, n, loaded,
+             prediction.forecast(n, loaded, get(endpoint), prior, work, held(endpoint, 0.0)))
             for _, endpoint, n, loaded in heapq.nsmallest(KEPT_CANDIDATES, ranked)]
     candidates = tuple(
         Candidate(n.endpoint, round(-f.done_s * 1000, 3),

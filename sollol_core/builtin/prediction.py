@@ -83,6 +83,8 @@ class Work:
 
 @frozen
 class Forecast:
+    #: Prompt tokens the node probably holds in its cache (from the prompt-cache index).
+    cached_tokens: float
     wait_s: float
     load_s: float
     prefill_s: float
@@ -97,13 +99,17 @@ class Forecast:
         return self.done_s if self.measured else self.done_s * EXPLORE
 
     def describe(self, work: Work) -> str:
-        parts = [f"expected first token {self.first_token_s:.2f} s, end {self.done_s:.2f} s"]
+        head = f"expected first token {self.first_token_s:.2f} s, end {self.done_s:.2f} s"
+        if self.cached_tokens:
+            head += (f": {self.cached_tokens:,.0f} of {work.prompt_tokens:,.0f} prompt tokens "
+                     f"cached there")
+        parts = [head]
         if self.wait_s:
             parts.append(f"{self.wait_s:.2f} s waiting for a slot")
         if self.load_s:
             parts.append(f"{self.load_s:.2f} s loading")
         if self.prefill_rate:
-            parts.append(f"{work.prompt_tokens:,.0f} prompt tokens at "
+            parts.append(f"{work.prompt_tokens - self.cached_tokens:,.0f} prompt tokens at "
                          f"{self.prefill_rate:,.0f}/s")
         if self.decode_rate:
             parts.append(f"{work.output_tokens:,.0f} tokens at {self.decode_rate:,.0f}/s")
@@ -113,23 +119,28 @@ class Forecast:
 
 
 def forecast(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
-             work: Work) -> Forecast:
-    """The request's predicted times on ``node``."""
-    wait, load, prefill_s, first, done, prefill, decode = _times(node, loaded, seen, prior, work)
-    return Forecast(wait_s=wait, load_s=load, prefill_s=prefill_s, first_token_s=first,
-                    done_s=done, prefill_rate=prefill, decode_rate=decode,
+             work: Work, cached: float = 0.0) -> Forecast:
+    """The request's predicted times on ``node``, which holds ``cached`` of its prompt tokens."""
+    cached = min(cached, work.prompt_tokens - 1) if cached > 0 else 0.0
+    wait, load, prefill_s, first, done, prefill, decode = _times(node, loaded, seen, prior, work,
+                                                                 cached)
+    return Forecast(cached_tokens=cached, wait_s=wait, load_s=load, prefill_s=prefill_s,
+                    first_token_s=first, done_s=done, prefill_rate=prefill, decode_rate=decode,
                     measured=seen is not None)
 
 
 def rank(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
-         work: Work) -> float:
+         work: Work, cached: float = 0.0) -> float:
     """:attr:`Forecast.rank_s` without building the forecast (it runs once per node)."""
-    done = _times(node, loaded, seen, prior, work)[4]
+    if cached > 0:
+        cached = min(cached, work.prompt_tokens - 1)
+    done = _times(node, loaded, seen, prior, work, cached)[4]
     return done if seen is not None else done * EXPLORE
 
 
 def _times(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
-           work: Work) -> tuple[float, float, float, float, float, float | None, float | None]:
+           work: Work, cached: float,
+           ) -> tuple[float, float, float, float, float, float | None, float | None]:
     if seen is not None:
         prefill = seen.prefill_tokens_per_s or prior.prefill
         decode = seen.tokens_per_s or prior.decode
@@ -142,7 +153,7 @@ def _times(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Pr
     ahead = node.in_flight - parallel + 1
     wait = ahead * service_ms / 1000 / parallel if ahead > 0 else 0.0
     load = 0.0 if loaded or not load_ms else load_ms / 1000
-    prefill_s = work.prompt_tokens / prefill if prefill else 0.0
+    prefill_s = (work.prompt_tokens - cached) / prefill if prefill else 0.0
     first = wait + load + prefill_s
     done = first + (work.output_tokens / decode if decode else service_ms / 1000)
     return wait, load, prefill_s, first, done, prefill, decode

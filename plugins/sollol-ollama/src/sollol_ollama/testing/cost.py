@@ -4,7 +4,8 @@ A real node spends time on the prompt before the first token (prefill) and then 
 token (decode); it keeps each slot's last sequence in its KV cache, so a request whose prompt
 begins with what a slot already holds (the next turn of the same conversation) only evaluates
 the rest, and llama.cpp (under Ollama) gives a request the free slot that shares the longest
-prefix with it. :class:`CostModel` gives an emulator those costs, and :class:`SlotCache` those
+prefix with it (when that covers half the prompt; else the least recently used slot).
+:class:`CostModel` gives an emulator those costs, and :class:`SlotCache` those
 slots, so that routers can be measured on what they are for: which node answers first.
 
 Tokens here are words (and one marker per message), a stand-in with the right shape: a
@@ -58,24 +59,35 @@ def common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
     return count
 
 
+#: llama.cpp's ``--slot-prompt-similarity`` default: a slot is chosen for what it holds only
+#: when that covers at least this share of the prompt; else the least recently used one.
+SIMILARITY = 0.5
+
+
 class SlotCache:
-    """Each slot's last sequence (prompt and reply), and which slots are taken."""
+    """Each slot's last sequence (prompt and reply), which slots are taken, and when each was
+    last used."""
 
     def __init__(self, count: int) -> None:
         self.memory: list[tuple[str, ...]] = [()] * count
         self.taken = [False] * count
+        self.used = [0] * count
+        self._clock = 0
 
     def take(self, tokens: Sequence[str], *, reuse: bool) -> tuple[int, int]:
-        """The free slot sharing the longest prefix with ``tokens`` (the lowest-numbered on a
-        tie), taken; and how many of ``tokens`` it already holds (0 without ``reuse``). A
-        caller holds one of the emulator's slot permits, so one is free."""
+        """The free slot sharing the longest prefix with ``tokens`` when that covers half the
+        prompt or more, else the free slot used least recently (as llama.cpp chooses); taken.
+        Also how many of ``tokens`` it already holds (0 without ``reuse``). A caller holds one
+        of the emulator's slot permits, so one is free."""
         free = [i for i, taken in enumerate(self.taken) if not taken]
-        slot = max(free, key=lambda i: (common_prefix(self.memory[i], tokens) if reuse else 0,
-                                        -i))
-        self.taken[slot] = True
-        cached = common_prefix(self.memory[slot], tokens) if reuse else 0
+        shared = {i: common_prefix(self.memory[i], tokens) if reuse else 0 for i in free}
+        best = max(free, key=lambda i: (shared[i], -i))
+        if not tokens or shared[best] < SIMILARITY * len(tokens):
+            best = min(free, key=lambda i: (self.used[i], i))
+        self._clock += 1
+        self.taken[best], self.used[best] = True, self._clock
         # llama.cpp always evaluates at least the prompt's last token, to get its logits
-        return slot, min(cached, max(len(tokens) - 1, 0))
+        return best, min(shared[best], max(len(tokens) - 1, 0))
 
     def give_back(self, slot: int, sequence: Sequence[str]) -> None:
         self.memory[slot] = tuple(sequence)
