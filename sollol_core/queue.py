@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 
-from attrs import define, field
+from attrs import define, field, frozen
 
 from sollol_core.errors import QueueFullError
+
+
+@frozen
+class Waiting:
+    """For one decision: the requests waiting in the router's queue, per node key (placement
+    adds them to a node's in-flight count: they will run there first)."""
+
+    per_node: Mapping[str, int]
 
 
 @define
@@ -44,6 +53,9 @@ class AdmissionQueue:
 
     def waiting_for(self, node: str) -> int:
         return self._per_node.get(node, 0)
+
+    def waiting(self) -> Waiting:
+        return Waiting(dict(self._per_node))
 
     async def wait(self, priority: int, enqueued: float, node: str,
                    timeout: float | None = None) -> bool:

@@ -32,7 +32,7 @@ from sollol_core.errors import BackendError, NoRouteError
 from sollol_core.fleet import Fleet
 from sollol_core.hookspecs import Chunk
 from sollol_core.plugins import Plugins
-from sollol_core.queue import AdmissionQueue
+from sollol_core.queue import AdmissionQueue, Waiting
 from sollol_core.types import (
     Decision,
     Health,
@@ -140,9 +140,16 @@ class Router:
         if hidden:
             fleet = evolve(fleet, nodes=tuple(n for n in fleet.nodes
                                               if n.endpoint.key not in hidden))
+        # for this request only, and only when there is something to weigh: what nodes hold
+        # of its prompt, and what already waits for each node
         cache = self.affinity.lookup(prefixes) if prefixes else None
-        if cache is not None:  # for this request only: placement weighs it, purely
-            fleet = evolve(fleet, facts={**fleet.facts, PromptCache: cache})
+        if cache is not None or len(self.queue):
+            facts = dict(fleet.facts)
+            if cache is not None:
+                facts[PromptCache] = cache
+            if len(self.queue):
+                facts[Waiting] = self.queue.waiting()
+            fleet = evolve(fleet, facts=facts)
         decision = self.plugins.place(request, fleet, self.settings)
         if decision is None:
             raise NoRouteError("no placement policy is enabled (is builtin-placement blocked?)")

@@ -104,3 +104,19 @@ def test_the_work_is_read_from_the_request() -> None:
     assert Work.of(chat(), ()).output_tokens == DEFAULT_OUTPUT
     seen = (measured("n", decode=1.0, output=40.0), measured("m", decode=1.0, output=60.0))
     assert Work.of(chat(), seen).output_tokens == 50
+
+
+def test_requests_already_waiting_for_a_node_count_as_its_queue() -> None:
+    """Requests in SOLLOL's own queue for the fast node will run there first: with enough of
+    them, the next request is better off on the idle slow node."""
+    from sollol_core.queue import Waiting
+
+    nodes = fleet(node("fast", loaded=[MODEL], parallel=1, in_flight=1),
+                  node("slow", loaded=[MODEL], parallel=1))
+    performance = (measured(key("fast"), decode=100.0, latency_ms=1000.0),
+                   measured(key("slow"), decode=40.0))
+    snapshot = evolve(nodes, performance=performance)
+    alone = decide(snapshot, chat())
+    assert alone.target is not None and alone.target.host == "fast"
+    crowded = decide(evolve(snapshot, facts={Waiting: Waiting({key("fast"): 3})}), chat())
+    assert crowded.target is not None and crowded.target.host == "slow"

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from sollol_core.affinity import PromptCache
 from sollol_core.builtin import prediction
 from sollol_core.hookspecs import hookimpl
+from sollol_core.queue import Waiting
 from sollol_core.types import (
     Candidate,
     Decision,
@@ -115,15 +116,16 @@ def _by_prediction(request: InferenceRequest, fleet: FleetSnapshot,
     fleet measured; the earliest wins, with the numbers in the reason."""
     work = prediction.Work.of(request, seen.values())
     rank, get = prediction.rank, seen.get
-    cache = fleet.fact(PromptCache)
+    cache, waiting = fleet.fact(PromptCache), fleet.fact(Waiting)
     cached: Mapping[str, float] = cache.cached_tokens if cache is not None else {}
-    held = cached.get
+    queued: Mapping[str, int] = waiting.per_node if waiting is not None else {}
+    held, ahead = cached.get, queued.get
     # (predicted s, endpoint key, node, loaded): the unique key breaks ties
-    ranked = [(rank(node, loaded, get(node.endpoint.key), prior, work,
-                    held(node.endpoint.key, 0.0)), node.endpoint.key, node, loaded)
-              for node, loaded in holders]
+    ranked = [(rank(node, loaded, get(key), prior, work, held(key, 0.0), ahead(key, 0)), key,
+               node, loaded) for node, loaded in holders for key in (node.endpoint.key,)]
     best = [(endpoint, n, loaded,
-             prediction.forecast(n, loaded, get(endpoint), prior, work, held(endpoint, 0.0)))
+             prediction.forecast(n, loaded, get(endpoint), prior, work, held(endpoint, 0.0),
+                                 ahead(endpoint, 0)))
             for _, endpoint, n, loaded in heapq.nsmallest(KEPT_CANDIDATES, ranked)]
     candidates = tuple(
         Candidate(n.endpoint, round(-f.done_s * 1000, 3),

@@ -119,27 +119,28 @@ class Forecast:
 
 
 def forecast(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
-             work: Work, cached: float = 0.0) -> Forecast:
-    """The request's predicted times on ``node``, which holds ``cached`` of its prompt tokens."""
+             work: Work, cached: float = 0.0, queued: int = 0) -> Forecast:
+    """The request's predicted times on ``node``, which holds ``cached`` of its prompt tokens
+    and has ``queued`` requests waiting for it in the router's queue."""
     cached = min(cached, work.prompt_tokens - 1) if cached > 0 else 0.0
     wait, load, prefill_s, first, done, prefill, decode = _times(node, loaded, seen, prior, work,
-                                                                 cached)
+                                                                 cached, queued)
     return Forecast(cached_tokens=cached, wait_s=wait, load_s=load, prefill_s=prefill_s,
                     first_token_s=first, done_s=done, prefill_rate=prefill, decode_rate=decode,
                     measured=seen is not None)
 
 
 def rank(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
-         work: Work, cached: float = 0.0) -> float:
+         work: Work, cached: float = 0.0, queued: int = 0) -> float:
     """:attr:`Forecast.rank_s` without building the forecast (it runs once per node)."""
     if cached > 0:
         cached = min(cached, work.prompt_tokens - 1)
-    done = _times(node, loaded, seen, prior, work, cached)[4]
+    done = _times(node, loaded, seen, prior, work, cached, queued)[4]
     return done if seen is not None else done * EXPLORE
 
 
 def _times(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
-           work: Work, cached: float,
+           work: Work, cached: float, queued: int,
            ) -> tuple[float, float, float, float, float, float | None, float | None]:
     if seen is not None:
         prefill = seen.prefill_tokens_per_s or prior.prefill
@@ -150,7 +151,7 @@ def _times(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Pr
         service_ms, load_ms = prior.service_ms, prior.load_ms
     parallel = node.parallel if node.parallel > 0 else 1
     # every slot busy: the next one frees after about a service time shared by the slots
-    ahead = node.in_flight - parallel + 1
+    ahead = node.in_flight + queued - parallel + 1
     wait = ahead * service_ms / 1000 / parallel if ahead > 0 else 0.0
     load = 0.0 if loaded or not load_ms else load_ms / 1000
     prefill_s = (work.prompt_tokens - cached) / prefill if prefill else 0.0
