@@ -10,6 +10,7 @@ setting take the learnt number; what a node says or what is configured for it wi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,13 +40,22 @@ class CapacityBook:
     ``on_change`` is told the node's key when either changes."""
 
     on_change: Callable[[str], None] = lambda key: None
+    #: A lowered number is forgotten after this long: once admission holds a node to fewer
+    #: requests, SOLLOL never sees it serve more, so it tries the setting again (and learns
+    #: again if the node still queues: another client of it may have left meanwhile).
+    forget_s: float = 600.0
     _low: dict[str, int] = field(factory=dict)
     _high: dict[str, int] = field(factory=dict)
+    _high_since: dict[str, float] = field(factory=dict)
 
-    def slots(self, key: str, setting: int) -> int:
+    def slots(self, key: str, setting: int, now: float | None = None) -> int:
         """The slots to assume for the node, given the plugin's default ``setting``."""
         slots = max(setting, self._low.get(key, 0))
         high = self._high.get(key)
+        if high is not None and (time.monotonic() if now is None else now) \
+                - self._high_since[key] > self.forget_s:
+            del self._high[key], self._high_since[key]
+            high = None
         return min(slots, high) if high is not None else slots
 
     def knows(self, key: str) -> bool:
@@ -62,7 +72,7 @@ class CapacityBook:
         elif concurrent > self._low.get(key, 1):
             self._low[key] = concurrent
             if self._high.get(key, concurrent) < concurrent:
-                del self._high[key]  # it serves more now (another client of it left)
+                del self._high[key], self._high_since[key]  # it serves more now
             self.on_change(key)
 
     def refused(self, key: str, concurrent: int) -> None:
@@ -71,8 +81,9 @@ class CapacityBook:
 
     def _at_most(self, key: str, slots: int) -> None:
         if self._high.get(key, slots + 1) <= slots:
+            self._high_since[key] = time.monotonic()  # still true: remember it longer
             return
-        self._high[key] = slots
+        self._high[key], self._high_since[key] = slots, time.monotonic()
         if self._low.get(key, 0) > slots:
             self._low[key] = slots
         self.on_change(key)

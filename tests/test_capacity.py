@@ -43,3 +43,17 @@ def test_server_busy_means_fewer_than_were_sent() -> None:
     assert book.slots("n", 8) == 2
     book.refused("n", 1)  # never below one
     assert book.slots("n", 8) == 1
+
+
+def test_a_lowered_number_is_forgotten_after_a_while() -> None:
+    """Admission then holds the node to the lowered number, so nothing would ever raise it
+    again: after ``forget_s`` SOLLOL tries the setting once more (and learns again if needed)."""
+    import time
+
+    book = CapacityBook(forget_s=600.0)
+    book.refused("n", 3)
+    now = time.monotonic()
+    assert book.slots("n", 4, now=now + 10) == 2
+    assert book.slots("n", 4, now=now + 601) == 4
+    book.refused("n", 3)  # the node is still busy: learnt again at once
+    assert book.slots("n", 4) == 2
