@@ -241,7 +241,9 @@ class Attempt:
             router.fleet.performance.record(self.key, request.model, duration_ms, last)
             router.fleet.capacity.served(self.key, self.concurrent, last)
             if journey.prefixes and self.decision.target is not None:
-                router.affinity.record(self.key, journey.prefixes)
+                node = router.fleet.node(self.key)
+                router.affinity.record(self.key, journey.prefixes,
+                                       slots=node.parallel if node is not None else 1)
         elif error_type == "503":  # "server busy": the node is past what it serves at once
             router.fleet.capacity.refused(self.key, self.concurrent)
         input_tokens, output_tokens = usage(last)

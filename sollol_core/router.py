@@ -128,8 +128,10 @@ class Router:
         self._size_affinity()
 
     def _probed(self, snapshot: NodeSnapshot) -> None:
-        self.breakers.probed(snapshot.endpoint.key, snapshot.health is Health.UP,
-                             time.monotonic())
+        up = snapshot.health is Health.UP
+        self.breakers.probed(snapshot.endpoint.key, up, time.monotonic())
+        if not up:  # it may come back restarted: believe none of its cache until it runs again
+            self.affinity.forget(snapshot.endpoint.key)
 
     def decide(self, request: InferenceRequest, *, exclude: frozenset[str] = frozenset(),
                prefixes: tuple[tuple[int, float], ...] = ()) -> Decision:

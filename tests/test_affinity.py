@@ -39,9 +39,9 @@ def test_old_entries_are_ignored_and_the_index_stays_bounded() -> None:
     index.record("a", prefixes(turn("one")), now=0.0)
     assert index.lookup(prefixes(turn("one")), now=61.0) is None  # the node has moved on
     for n in range(5):
-        index.record("a", prefixes(turn(f"chat {n}")), now=100.0)
+        index.record("a", prefixes(turn(f"chat {n} " * 300)), slots=10, now=100.0)
     assert len(index) == 3  # the least recently recorded went first
-    assert index.lookup(prefixes(turn("chat 4")), now=100.0) is not None
+    assert index.lookup(prefixes(turn("chat 4 " * 300)), now=100.0) is not None
 
 
 def test_a_raw_prompt_is_indexed_in_blocks() -> None:
@@ -67,7 +67,7 @@ def test_placement_goes_where_the_prompt_is_cached_unless_that_node_is_too_busy(
     decision = placement.sollol_place(request, evolve(snapshot, facts={PromptCache: cache}))
     assert decision.target is not None and decision.target.host == "b"
     assert decision.reason.startswith(
-        "earliest of 2 holding the model: expected first token 0.75 s, end 1.75 s: 1,000 of "
+        "earliest end of 2 holding the model: expected first token 0.75 s, end 1.75 s: 1,000 of "
         "1,375 prompt tokens cached there (375 prompt tokens at 500/s")
     # b busy with a long request: re-evaluating the prompt on a is quicker than waiting
     busy = fleet(node("a", loaded=[MODEL], parallel=1),
@@ -77,3 +77,31 @@ def test_placement_goes_where_the_prompt_is_cached_unless_that_node_is_too_busy(
     decision = placement.sollol_place(request, evolve(
         busy, performance=(measured("a"), slow), facts={PromptCache: cache}))
     assert decision.target is not None and decision.target.host == "a"
+
+
+def test_a_node_holds_only_as_many_conversations_as_it_has_slots() -> None:
+    index = AffinityIndex()
+    # each conversation's own text is longer than the system prompt they share
+    chats = [turn(f"conversation {n} " * 200) for n in range(3)]
+    for chat in chats:
+        index.record("a", prefixes(chat), slots=2, now=100.0)
+    system_only = prefixes(chats[0])[0][1]
+    found = [index.lookup(prefixes(chat), now=101.0) for chat in chats]
+    # the first conversation's slot went to the third (least recently used): only the
+    # system prompt, which the other two share, is still there
+    assert [f.cached_tokens["a"] if f else None for f in found] == [
+        system_only, prefixes(chats[1])[-1][1], prefixes(chats[2])[-1][1]]
+    # the next turn of a conversation takes its own slot back, not another one's
+    index.record("a", prefixes(turn("conversation 1 " * 200, "yes", "and?")), slots=2,
+                 now=102.0)
+    held = index.lookup(prefixes(chats[2]), now=103.0)
+    assert held is not None and held.cached_tokens["a"] == prefixes(chats[2])[-1][1]
+
+
+def test_a_node_that_went_down_is_believed_to_hold_nothing() -> None:
+    index = AffinityIndex()
+    index.record("a", prefixes(turn("hello " * 50)), slots=4, now=0.0)
+    index.record("b", prefixes(turn("hello " * 50)), slots=4, now=0.0)
+    index.forget("a")
+    found = index.lookup(prefixes(turn("hello " * 50)), now=1.0)
+    assert found is not None and set(found.cached_tokens) == {"b"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from attrs import evolve
 
+from sollol_core.affinity import PromptCache
 from sollol_core.builtin import placement
 from sollol_core.builtin.prediction import DEFAULT_OUTPUT, Work
 from sollol_core.testing import fleet, node
@@ -41,7 +42,7 @@ def test_the_faster_node_wins_and_the_reason_gives_the_prediction() -> None:
     assert decision.target is not None and decision.target.host == "fast"
     # 100 output tokens at 100/s after a 12-token prompt ("word " * 10) at 2,000/s
     assert decision.reason == (
-        "earliest of 2 holding the model: expected first token 0.01 s, end 1.01 s (12 prompt "
+        "earliest end of 2 holding the model: expected first token 0.01 s, end 1.01 s (12 prompt "
         "tokens at 2,000/s, 100 tokens at 100/s); next best 0.01 s to the first token, 5.01 s "
         "to the end")
 
@@ -120,3 +121,30 @@ def test_requests_already_waiting_for_a_node_count_as_its_queue() -> None:
     assert alone.target is not None and alone.target.host == "fast"
     crowded = decide(evolve(snapshot, facts={Waiting: Waiting({key("fast"): 3})}), chat())
     assert crowded.target is not None and crowded.target.host == "slow"
+
+
+def test_a_stream_goes_where_its_first_token_comes_first_unless_that_node_then_crawls() -> None:
+    # "cached" holds most of a long prompt but decodes at under a third of "fresh"'s speed
+    nodes = fleet(node("cached", loaded=[MODEL]), node("fresh", loaded=[MODEL]))
+    performance = (measured(key("cached"), decode=30.0, prefill=1000.0),
+                   measured(key("fresh"), decode=100.0, prefill=1000.0))
+    snapshot = evolve(nodes, performance=performance,
+                      facts={PromptCache: PromptCache({key("cached"): 1900.0}, 2000.0)})
+    words = 1600  # about 2,000 tokens at 4 characters each ("word ")
+    whole = decide(snapshot, chat(words, num_predict=40))
+    assert whole.target is not None and whole.target.host == "cached"  # ends first too
+    streamed = InferenceRequest.chat(MODEL, [{"role": "user", "content": "word " * words}],
+                                     stream=True, options={"num_predict": 200})
+    # whole: fresh ends first (2 s prefill + 2 s decode against 0.1 + 6.7 s)
+    assert decide(snapshot, chat(words, num_predict=200)).target.host == "fresh"  # type: ignore[union-attr]
+    # a stream: its reader sees the first token at 0.1 s instead of 2 s, and the end is
+    # within twice the earliest
+    decision = decide(snapshot, streamed)
+    assert decision.target is not None and decision.target.host == "cached"
+    assert decision.reason.startswith("earliest first token of 2 holding the model: expected "
+                                      "first token 0.10 s")
+    # unless it crawls: at 1,000 tokens the cached node would end after twice fresh's end
+    # (33 s against 12 s)
+    crawl = InferenceRequest.chat(MODEL, [{"role": "user", "content": "word " * words}],
+                                  stream=True, options={"num_predict": 1000})
+    assert decide(snapshot, crawl).target.host == "fresh"  # type: ignore[union-attr]

@@ -112,30 +112,39 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision:
 def _by_prediction(request: InferenceRequest, fleet: FleetSnapshot,
                    holders: list[tuple[NodeSnapshot, bool]], seen: dict[str, Performance],
                    prior: prediction.Prior) -> Decision:
-    """Each holder's predicted time to the answer's end (and its first token), from what the
-    fleet measured; the earliest wins, with the numbers in the reason."""
+    """Each holder's predicted first token and end, from what the fleet measured; the earliest
+    end wins (the earliest first token for a stream, among nodes that end it nearly as soon),
+    with the numbers in the reason."""
     work = prediction.Work.of(request, seen.values())
     rank, get = prediction.rank, seen.get
     cache, waiting = fleet.fact(PromptCache), fleet.fact(Waiting)
     cached: Mapping[str, float] = cache.cached_tokens if cache is not None else {}
     queued: Mapping[str, int] = waiting.per_node if waiting is not None else {}
     held, ahead = cached.get, queued.get
-    # (predicted s, endpoint key, node, loaded): the unique key breaks ties
-    ranked = [(rank(node, loaded, get(key), prior, work, held(key, 0.0), ahead(key, 0)), key,
-               node, loaded) for node, loaded in holders for key in (node.endpoint.key,)]
-    best = [(endpoint, n, loaded,
+    # ((first token s, end s), endpoint key, node, loaded): the unique key breaks ties
+    timed = [(rank(node, loaded, get(key), prior, work, held(key, 0.0), ahead(key, 0)), key,
+              node, loaded) for node, loaded in holders for key in (node.endpoint.key,)]
+    if work.streamed:
+        latest = min(times[1] for times, *_ in timed) * prediction.STREAM_END_SLACK
+        ranked = [(times[0], key, n, loaded) for times, key, n, loaded in timed
+                  if times[1] <= latest]
+        goal = "earliest first token"
+    else:
+        ranked = [(times[1], key, n, loaded) for times, key, n, loaded in timed]
+        goal = "earliest end"
+    best = [(value, endpoint, n, loaded,
              prediction.forecast(n, loaded, get(endpoint), prior, work, held(endpoint, 0.0),
                                  ahead(endpoint, 0)))
-            for _, endpoint, n, loaded in heapq.nsmallest(KEPT_CANDIDATES, ranked)]
+            for value, endpoint, n, loaded in heapq.nsmallest(KEPT_CANDIDATES, ranked)]
     candidates = tuple(
-        Candidate(n.endpoint, round(-f.done_s * 1000, 3),
+        Candidate(n.endpoint, round(-value * 1000, 3),
                   f"first token {f.first_token_s:.2f} s, end {f.done_s:.2f} s; "
                   f"{explain(n, loaded, get(endpoint), fleet)}")
-        for endpoint, n, loaded, f in best)
-    forecast = best[0][3]
-    runner_up = (f"; next best {best[1][3].first_token_s:.2f} s to the first token, "
-                 f"{best[1][3].done_s:.2f} s to the end" if len(best) > 1 else "")
+        for value, endpoint, n, loaded, f in best)
+    forecast = best[0][4]
+    runner_up = (f"; next best {best[1][4].first_token_s:.2f} s to the first token, "
+                 f"{best[1][4].done_s:.2f} s to the end" if len(best) > 1 else "")
     return Decision.whole(request, candidates[0].endpoint, policy=POLICY,
                           candidates=candidates,
-                          reason=(f"earliest of {len(ranked)} holding the model: "
+                          reason=(f"{goal} of {len(timed)} holding the model: "
                                   f"{forecast.describe(work)}{runner_up}"))

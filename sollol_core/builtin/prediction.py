@@ -3,6 +3,10 @@
     first token = wait for a slot + load (if the model is not in memory) + prompt / prefill rate
     end         = first token + expected output / decode rate
 
+A streamed request is ranked by its first token (what its reader waits for), among the nodes
+that would also end it within :data:`STREAM_END_SLACK` of the earliest end (so that a stream is
+not sent to a node that starts first but then crawls); a whole answer by its end.
+
 Rates, load times and output lengths are moving averages per (node, model) from Ollama's own
 counts (``prompt_eval_count / prompt_eval_duration``, ``eval_count / eval_duration``,
 ``load_duration``, ``eval_count``; llama-server's ``timings`` arrive in the same fields). A node
@@ -23,6 +27,8 @@ from sollol_core.types import InferenceRequest, NodeSnapshot, Performance
 EXPLORE = 0.9
 #: Output tokens assumed when neither the request (``num_predict``) nor any answer says.
 DEFAULT_OUTPUT = 128.0
+#: A stream goes to the earliest first token among nodes ending within this factor of the best.
+STREAM_END_SLACK = 2.0
 #: Characters per token, to estimate a prompt's tokens without a tokenizer.
 CHARS_PER_TOKEN = 4.0
 
@@ -63,6 +69,8 @@ class Work:
 
     prompt_tokens: float
     output_tokens: float
+    #: A stream: its reader waits for the first token, so that is what is ranked.
+    streamed: bool = False
 
     @classmethod
     def of(cls, request: InferenceRequest, measured: Iterable[Performance]) -> Work:
@@ -78,7 +86,8 @@ class Work:
         else:
             lengths = [p.output_tokens for p in measured if p.output_tokens]
             output = statistics.fmean(lengths) if lengths else DEFAULT_OUTPUT
-        return cls(prompt_tokens=max(chars / CHARS_PER_TOKEN, 1.0), output_tokens=output)
+        return cls(prompt_tokens=max(chars / CHARS_PER_TOKEN, 1.0), output_tokens=output,
+                   streamed=request.stream)
 
 
 @frozen
@@ -93,10 +102,6 @@ class Forecast:
     prefill_rate: float | None
     decode_rate: float | None
     measured: bool
-
-    @property
-    def rank_s(self) -> float:
-        return self.done_s if self.measured else self.done_s * EXPLORE
 
     def describe(self, work: Work) -> str:
         head = f"expected first token {self.first_token_s:.2f} s, end {self.done_s:.2f} s"
@@ -131,10 +136,13 @@ def forecast(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: 
 
 
 def rank(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
-         work: Work, cached: float = 0.0, queued: int = 0) -> float:
-    """:attr:`Forecast.rank_s` without building the forecast (it runs once per node)."""
-    done = _times(node, loaded, seen, prior, work, _usable(cached, work), queued)[4]
-    return done if seen is not None else done * EXPLORE
+         work: Work, cached: float = 0.0, queued: int = 0) -> tuple[float, float]:
+    """(first token, end) as ranked, without building the forecast (it runs once per node):
+    an unmeasured node's times are shortened by :data:`EXPLORE`."""
+    times = _times(node, loaded, seen, prior, work, _usable(cached, work), queued)
+    if seen is None:
+        return times[3] * EXPLORE, times[4] * EXPLORE
+    return times[3], times[4]
 
 
 def _usable(cached: float, work: Work) -> float:

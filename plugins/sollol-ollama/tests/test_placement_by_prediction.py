@@ -22,7 +22,7 @@ async def test_once_both_are_measured_requests_go_where_they_end_first() -> None
             ran = [(await pool.chat("llama3.2", HI))["_routing"] for _ in range(4)]
     assert {r["node"] for r in ran[:2]} == {fast.address, slow.address}
     assert [r["node"] for r in ran[2:]] == [fast.address, fast.address]
-    assert ran[3]["reason"].startswith("earliest of 2 holding the model: expected first token")
+    assert ran[3]["reason"].startswith("earliest end of 2 holding the model: expected first token")
     assert "12 tokens at " in ran[3]["reason"]
 
 
@@ -32,7 +32,8 @@ async def test_each_conversations_next_turn_goes_where_its_prompt_is_cached() ->
     cost = CostModel(prefill_tokens_per_s=2_000, output_tokens=8)
     async with OllamaEmulator(name="a", tokens_per_s=400, parallel=2, cost=cost) as a, \
             OllamaEmulator(name="b", tokens_per_s=400, parallel=2, cost=cost) as b:
-        settings = Settings.load(environ={"OLLAMA_NODES": f"{a.address},{b.address}",
+        # each node's two slots are said: SOLLOL believes a node holds that many conversations
+        settings = Settings.load(environ={"OLLAMA_NODES": f"{a.address}=2,{b.address}=2",
                                           "SOLLOL_LOAD_PLUGINS": "ollama"})
         async with OllamaPool(settings=settings) as pool:
             for warm in range(2):  # both nodes measured
