@@ -174,6 +174,8 @@ class Attempt:
         node = router.fleet.node(self.key)
         self.concurrent = node.in_flight if node is not None else 1
         self.started, self.ended = time.monotonic(), False
+        if self.decision.service_s is not None:
+            router.running.started(self.key, id(self), self.started + self.decision.service_s)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -228,6 +230,7 @@ class Attempt:
         router, request = journey.router, journey.request
         # The claim first, and with no await before it: nothing can keep it from going back.
         router.fleet.adjust_in_flight(self.key, -1)
+        router.running.ended(self.key, id(self))
         router.queue.release(self.key)
         breaker = router.breakers.of(self.key)
         if outcome is Outcome.NEUTRAL:

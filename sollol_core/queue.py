@@ -25,6 +25,40 @@ class Waiting:
     per_node: Mapping[str, int]
 
 
+@frozen
+class Running:
+    """For one decision: per node key, the seconds until each request of ours running there is
+    expected to end, soonest first (0 for one past its expected end): on a full node, when its
+    slots free."""
+
+    per_node: Mapping[str, tuple[float, ...]]
+
+
+@define
+class RunningBook:
+    """When each running attempt is expected to end, per node (from its decision's
+    prediction), so that the wait for a slot on a full node is predicted from what runs there,
+    not from an average: a slot held by a 400-token answer frees later than one held by a
+    greeting."""
+
+    _ends: dict[str, dict[int, float]] = field(factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self._ends)
+
+    def started(self, node: str, attempt: int, expected_end: float) -> None:
+        self._ends.setdefault(node, {})[attempt] = expected_end
+
+    def ended(self, node: str, attempt: int) -> None:
+        ends = self._ends.get(node)
+        if ends is not None and ends.pop(attempt, None) is not None and not ends:
+            del self._ends[node]
+
+    def running(self, now: float) -> Running:
+        return Running({node: tuple(sorted(max(end - now, 0.0) for end in ends.values()))
+                        for node, ends in self._ends.items()})
+
+
 @define
 class _Waiter:
     priority: int

@@ -32,7 +32,7 @@ from sollol_core.errors import BackendError, NoRouteError
 from sollol_core.fleet import Fleet
 from sollol_core.hookspecs import Chunk
 from sollol_core.plugins import Plugins
-from sollol_core.queue import AdmissionQueue, Waiting
+from sollol_core.queue import AdmissionQueue, Running, RunningBook, Waiting
 from sollol_core.types import (
     Decision,
     Health,
@@ -68,6 +68,8 @@ class Router:
     _guardian: asyncio.Task[None] | None = None
     #: Which nodes processed which prompt prefixes lately (see :mod:`sollol_core.affinity`).
     affinity: AffinityIndex = field(factory=AffinityIndex)
+    #: When each running attempt is expected to end (see :class:`~sollol_core.queue.RunningBook`).
+    running: RunningBook = field(factory=RunningBook)
 
     def __attrs_post_init__(self) -> None:
         self.fleet.probe_listeners.append(self._probed)
@@ -143,14 +145,16 @@ class Router:
             fleet = evolve(fleet, nodes=tuple(n for n in fleet.nodes
                                               if n.endpoint.key not in hidden))
         # for this request only, and only when there is something to weigh: what nodes hold
-        # of its prompt, and what already waits for each node
+        # of its prompt, what already waits for each node, and when what runs there ends
         cache = self.affinity.lookup(prefixes) if prefixes else None
-        if cache is not None or len(self.queue):
+        if cache is not None or len(self.queue) or self.running:
             facts = dict(fleet.facts)
             if cache is not None:
                 facts[PromptCache] = cache
             if len(self.queue):
                 facts[Waiting] = self.queue.waiting()
+            if self.running:
+                facts[Running] = self.running.running(time.monotonic())
             fleet = evolve(fleet, facts=facts)
         decision = self.plugins.place(request, fleet, self.settings)
         if decision is None:

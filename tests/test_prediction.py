@@ -8,6 +8,7 @@ from attrs import evolve
 from sollol_core.affinity import PromptCache
 from sollol_core.builtin import placement
 from sollol_core.builtin.prediction import DEFAULT_OUTPUT, Work
+from sollol_core.queue import Running
 from sollol_core.testing import fleet, node
 from sollol_core.types import Decision, FleetSnapshot, InferenceRequest, Performance
 
@@ -148,3 +149,24 @@ def test_a_stream_goes_where_its_first_token_comes_first_unless_that_node_then_c
     crawl = InferenceRequest.chat(MODEL, [{"role": "user", "content": "word " * words}],
                                   stream=True, options={"num_predict": 1000})
     assert decide(snapshot, crawl).target.host == "fresh"  # type: ignore[union-attr]
+
+
+def test_the_wait_on_a_full_node_is_until_what_runs_there_is_expected_to_end() -> None:
+    fast = node("fast", loaded=[MODEL], parallel=1, in_flight=1)
+    nodes = fleet(fast, node("slow", loaded=[MODEL], parallel=1))
+    performance = (measured(key("fast"), decode=100.0, latency_ms=300.0),
+                   measured(key("slow"), decode=50.0))
+    # on average a request takes 0.3 s there, but the one running now has 10 s to go
+    long = evolve(nodes, performance=performance,
+                  facts={Running: Running({key("fast"): (10.0,)})})
+    decision = decide(long, chat())
+    assert decision.target is not None and decision.target.host == "slow"
+    assert "next best 10.01 s to the first token" in decision.reason
+    # nearly done: worth the wait
+    short = evolve(nodes, performance=performance,
+                   facts={Running: Running({key("fast"): (0.2,)})})
+    decision = decide(short, chat())
+    assert decision.target is not None and decision.target.host == "fast"
+    assert "0.20 s waiting for a slot" in decision.reason
+    # the decision says how long the node will be busy with it once started
+    assert decision.service_s is not None and abs(decision.service_s - 1.006) < 0.001

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from sollol_core.affinity import PromptCache
 from sollol_core.builtin import prediction
 from sollol_core.hookspecs import hookimpl
-from sollol_core.queue import Waiting
+from sollol_core.queue import Running, Waiting
 from sollol_core.types import (
     Candidate,
     Decision,
@@ -117,13 +117,15 @@ def _by_prediction(request: InferenceRequest, fleet: FleetSnapshot,
     with the numbers in the reason."""
     work = prediction.Work.of(request, seen.values())
     rank, get = prediction.rank, seen.get
-    cache, waiting = fleet.fact(PromptCache), fleet.fact(Waiting)
+    cache, waiting, busy = fleet.fact(PromptCache), fleet.fact(Waiting), fleet.fact(Running)
     cached: Mapping[str, float] = cache.cached_tokens if cache is not None else {}
     queued: Mapping[str, int] = waiting.per_node if waiting is not None else {}
-    held, ahead = cached.get, queued.get
+    ends: Mapping[str, tuple[float, ...]] = busy.per_node if busy is not None else {}
+    held, ahead, running = cached.get, queued.get, ends.get
     # ((first token s, end s), endpoint key, node, loaded): the unique key breaks ties
-    timed = [(rank(node, loaded, get(key), prior, work, held(key, 0.0), ahead(key, 0)), key,
-              node, loaded) for node, loaded in holders for key in (node.endpoint.key,)]
+    timed = [(rank(node, loaded, get(key), prior, work, held(key, 0.0), ahead(key, 0),
+                   running(key, ())), key, node, loaded)
+             for node, loaded in holders for key in (node.endpoint.key,)]
     if work.streamed:
         latest = min(times[1] for times, *_ in timed) * prediction.STREAM_END_SLACK
         ranked = [(times[0], key, n, loaded) for times, key, n, loaded in timed
@@ -134,7 +136,7 @@ def _by_prediction(request: InferenceRequest, fleet: FleetSnapshot,
         goal = "earliest end"
     best = [(value, endpoint, n, loaded,
              prediction.forecast(n, loaded, get(endpoint), prior, work, held(endpoint, 0.0),
-                                 ahead(endpoint, 0)))
+                                 ahead(endpoint, 0), running(endpoint, ())))
             for value, endpoint, n, loaded in heapq.nsmallest(KEPT_CANDIDATES, ranked)]
     candidates = tuple(
         Candidate(n.endpoint, round(-value * 1000, 3),
@@ -145,6 +147,6 @@ def _by_prediction(request: InferenceRequest, fleet: FleetSnapshot,
     runner_up = (f"; next best {best[1][4].first_token_s:.2f} s to the first token, "
                  f"{best[1][4].done_s:.2f} s to the end" if len(best) > 1 else "")
     return Decision.whole(request, candidates[0].endpoint, policy=POLICY,
-                          candidates=candidates,
+                          candidates=candidates, service_s=forecast.done_s - forecast.wait_s,
                           reason=(f"{goal} of {len(timed)} holding the model: "
                                   f"{forecast.describe(work)}{runner_up}"))

@@ -3,6 +3,10 @@
     first token = wait for a slot + load (if the model is not in memory) + prompt / prefill rate
     end         = first token + expected output / decode rate
 
+On a full node the wait is until the slot this request would get frees: when the requests
+running there are expected to end (each was predicted when it was placed), then an average
+service time per slot for each request queued ahead beyond those.
+
 A streamed request is ranked by its first token (what its reader waits for), among the nodes
 that would also end it within :data:`STREAM_END_SLACK` of the earliest end (so that a stream is
 not sent to a node that starts first but then crawls); a whole answer by its end.
@@ -124,22 +128,25 @@ class Forecast:
 
 
 def forecast(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
-             work: Work, cached: float = 0.0, queued: int = 0) -> Forecast:
-    """The request's predicted times on ``node``, which holds ``cached`` of its prompt tokens
-    and has ``queued`` requests waiting for it in the router's queue."""
+             work: Work, cached: float = 0.0, queued: int = 0,
+             running: tuple[float, ...] = ()) -> Forecast:
+    """The request's predicted times on ``node``, which holds ``cached`` of its prompt tokens,
+    has ``queued`` requests waiting for it in the router's queue and runs requests expected to
+    end in ``running`` seconds (soonest first)."""
     cached = _usable(cached, work)
     wait, load, prefill_s, first, done, prefill, decode = _times(node, loaded, seen, prior, work,
-                                                                 cached, queued)
+                                                                 cached, queued, running)
     return Forecast(cached_tokens=cached, wait_s=wait, load_s=load, prefill_s=prefill_s,
                     first_token_s=first, done_s=done, prefill_rate=prefill, decode_rate=decode,
                     measured=seen is not None)
 
 
 def rank(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
-         work: Work, cached: float = 0.0, queued: int = 0) -> tuple[float, float]:
+         work: Work, cached: float = 0.0, queued: int = 0,
+         running: tuple[float, ...] = ()) -> tuple[float, float]:
     """(first token, end) as ranked, without building the forecast (it runs once per node):
     an unmeasured node's times are shortened by :data:`EXPLORE`."""
-    times = _times(node, loaded, seen, prior, work, _usable(cached, work), queued)
+    times = _times(node, loaded, seen, prior, work, _usable(cached, work), queued, running)
     if seen is None:
         return times[3] * EXPLORE, times[4] * EXPLORE
     return times[3], times[4]
@@ -151,7 +158,7 @@ def _usable(cached: float, work: Work) -> float:
 
 
 def _times(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Prior,
-           work: Work, cached: float, queued: int,
+           work: Work, cached: float, queued: int, running: tuple[float, ...],
            ) -> tuple[float, float, float, float, float, float | None, float | None]:
     if seen is not None:
         prefill = seen.prefill_tokens_per_s or prior.prefill
@@ -161,9 +168,17 @@ def _times(node: NodeSnapshot, loaded: bool, seen: Performance | None, prior: Pr
         prefill, decode = prior.prefill, prior.decode
         service_ms, load_ms = prior.service_ms, prior.load_ms
     parallel = node.parallel if node.parallel > 0 else 1
-    # every slot busy: the next one frees after about a service time shared by the slots
+    # every slot busy: the slots free as what runs there ends, then about every service time
+    # shared by the slots
     ahead = node.in_flight + queued - parallel + 1
-    wait = ahead * service_ms / 1000 / parallel if ahead > 0 else 0.0
+    if ahead <= 0:
+        wait = 0.0
+    elif running:
+        known = len(running)
+        wait = (running[ahead - 1] if ahead <= known
+                else running[-1] + (ahead - known) * service_ms / 1000 / parallel)
+    else:
+        wait = ahead * service_ms / 1000 / parallel
     load = 0.0 if loaded or not load_ms else load_ms / 1000
     prefill_s = (work.prompt_tokens - cached) / prefill if prefill else 0.0
     first = wait + load + prefill_s

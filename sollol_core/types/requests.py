@@ -112,12 +112,16 @@ class Decision:
     #: Seconds the backend may need before it can answer at all (a coordinator loading the
     #: model), allowed on top of the first-chunk limit.
     startup_s: float = 0.0
+    #: The policy's predicted seconds from the start on the node to the answer's end (None: no
+    #: prediction); the router expects the slot back then.
+    service_s: float | None = None
 
     @classmethod
     def whole(cls, request: InferenceRequest, target: Endpoint, *, policy: str, reason: str,
-              candidates: tuple[Candidate, ...] = ()) -> Decision:
+              candidates: tuple[Candidate, ...] = (), service_s: float | None = None,
+              ) -> Decision:
         return cls(request_id=request.id, model=request.model, policy=policy, reason=reason,
-                   target=target, candidates=candidates)
+                   target=target, candidates=candidates, service_s=service_s)
 
     @classmethod
     def sharded(cls, request: InferenceRequest, plan: ShardPlan, *, policy: str, reason: str,

