@@ -50,6 +50,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/gateway.py", *session.posargs)
     session.run("python", "benchmarks/llamacpp.py", *session.posargs)
     session.run("python", "benchmarks/fleet.py", *session.posargs)
+    session.run("python", "benchmarks/prompt_cache.py")
 
 
 @nox.session

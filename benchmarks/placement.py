@@ -73,14 +73,16 @@ def check(plugins: Plugins, request: InferenceRequest, snapshot: FleetSnapshot) 
 
 
 def full_index(snapshot: FleetSnapshot, request: InferenceRequest) -> AffinityIndex:
-    """200,000 prefixes of other conversations, and this request's first messages on a quarter
-    of the nodes."""
+    """200,000 prefixes of other conversations (50,000 other nodes' 4 slots each: a node holds
+    no more conversations than it has slots), and this request's first messages on a quarter of
+    the nodes."""
     index = AffinityIndex()
     for i in range(200_000):
-        index.record(f"n{i % 97}", ((i, 10.0),), now=0.0)
+        index.record(f"other-{i % 50_000}", ((i, 10.0),), slots=4, now=0.0)
     steps = prefixes(request)
     for n in snapshot.nodes[::4]:
-        index.record(n.endpoint.key, steps[:2], now=0.0)
+        index.record(n.endpoint.key, steps[:2], slots=4, now=0.0)
+    assert len(index) == index.max_entries, len(index)  # full
     return index
 
 

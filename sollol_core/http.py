@@ -27,9 +27,6 @@ class _Held:
 
 @define
 class Sessions:
-    #: Seconds an idle pooled connection is kept: under the server's own idle limit, or a
-    #: request may be written to a connection the server is closing at that moment.
-    keepalive_s: float = 15.0
     _by_loop: dict[asyncio.AbstractEventLoop, _Held] = field(factory=dict)
 
     @contextlib.asynccontextmanager
@@ -38,8 +35,7 @@ class Sessions:
         loop = asyncio.get_running_loop()
         held = self._by_loop.get(loop)
         if held is None:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
-                                             keepalive_timeout=self.keepalive_s)
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
             held = self._by_loop[loop] = _Held(aiohttp.ClientSession(
                 connector=connector, timeout=NO_TOTAL_TIMEOUT))
         held.users += 1

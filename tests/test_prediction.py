@@ -7,7 +7,7 @@ from attrs import evolve
 
 from sollol_core.affinity import PromptCache
 from sollol_core.builtin import placement
-from sollol_core.builtin.prediction import DEFAULT_OUTPUT, Work
+from sollol_core.builtin.prediction import DEFAULT_OUTPUT, Work, prior
 from sollol_core.queue import Running
 from sollol_core.testing import fleet, node
 from sollol_core.types import Decision, FleetSnapshot, InferenceRequest, Performance
@@ -101,11 +101,13 @@ def test_without_any_rates_the_free_room_decides_as_before() -> None:
 
 
 def test_the_work_is_read_from_the_request() -> None:
-    assert Work.of(chat(words=100), ()).prompt_tokens == len("word " * 100) / 4
-    assert Work.of(chat(num_predict=7), ()).output_tokens == 7
-    assert Work.of(chat(), ()).output_tokens == DEFAULT_OUTPUT
-    seen = (measured("n", decode=1.0, output=40.0), measured("m", decode=1.0, output=60.0))
-    assert Work.of(chat(), seen).output_tokens == 50
+    unsaid = prior([measured("n", decode=1.0, output=0.0)])
+    assert unsaid is not None
+    assert Work.of(chat(words=100), unsaid).prompt_tokens == len("word " * 100) / 4
+    assert Work.of(chat(num_predict=7), unsaid).output_tokens == 7
+    assert Work.of(chat(), unsaid).output_tokens == DEFAULT_OUTPUT
+    said = prior([measured("n", decode=1.0, output=40.0), measured("m", decode=1.0, output=60.0)])
+    assert said is not None and Work.of(chat(), said).output_tokens == 50
 
 
 def test_requests_already_waiting_for_a_node_count_as_its_queue() -> None:

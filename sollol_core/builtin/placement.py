@@ -78,7 +78,7 @@ def explain(node: NodeSnapshot, loaded: bool, seen: Performance | None,
 def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision:
     model = request.model
     key = model_key(model)  # normalised once, not once per node
-    seen = fleet.performance_by_node(model)
+    seen, prior = prediction.measured(fleet, model)
     up, role = Health.UP, Role.NODE
     healthy = 0
     holders: list[tuple[NodeSnapshot, bool]] = []
@@ -93,7 +93,6 @@ def sollol_place(request: InferenceRequest, fleet: FleetSnapshot) -> Decision:
             request, policy=POLICY,
             reason=(f"model '{model}' is on no healthy node "
                     f"({healthy} healthy of {len(fleet.nodes)} known)"))
-    prior = prediction.prior(seen.values()) if seen else None
     if prior is not None:  # some node has run this model: choose by predicted time
         return _by_prediction(request, fleet, holders, seen, prior)
     # (-score, endpoint key, node, loaded): tuples compare in C; the unique endpoint key breaks
@@ -115,7 +114,7 @@ def _by_prediction(request: InferenceRequest, fleet: FleetSnapshot,
     """Each holder's predicted first token and end, from what the fleet measured; the earliest
     end wins (the earliest first token for a stream, among nodes that end it nearly as soon),
     with the numbers in the reason."""
-    work = prediction.Work.of(request, seen.values())
+    work = prediction.Work.of(request, prior)
     rank, get = prediction.rank, seen.get
     cache, waiting, busy = fleet.fact(PromptCache), fleet.fact(Waiting), fleet.fact(Running)
     cached: Mapping[str, float] = cache.cached_tokens if cache is not None else {}

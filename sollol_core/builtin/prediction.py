@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 from attrs import frozen
 
-from sollol_core.types import InferenceRequest, NodeSnapshot, Performance
+from sollol_core.types import FleetSnapshot, InferenceRequest, NodeSnapshot, Performance
 
 #: An unmeasured node's predicted time is multiplied by this: it is tried when close.
 EXPLORE = 0.9
@@ -45,6 +45,8 @@ class Prior:
     decode: float | None
     load_ms: float | None
     service_ms: float
+    #: The mean answer length of the measured nodes (None: none said).
+    output_tokens: float | None = None
 
 
 def prior(measured: Iterable[Performance]) -> Prior | None:
@@ -61,10 +63,35 @@ def prior(measured: Iterable[Performance]) -> Prior | None:
         middle = len(known) // 2
         return known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
 
+    lengths = [p.output_tokens for p in seen if p.output_tokens]
     return Prior(prefill=median(p.prefill_tokens_per_s for p in seen),
                  decode=median(p.tokens_per_s for p in seen),
                  load_ms=median(p.load_ms for p in seen),
-                 service_ms=median(p.latency_ms for p in seen) or 0.0)
+                 service_ms=median(p.latency_ms for p in seen) or 0.0,
+                 output_tokens=statistics.fmean(lengths) if lengths else None)
+
+
+#: (id of a snapshot's performance tuple, model) -> (that tuple, per node, prior): the snapshots
+#: evolved from one fleet snapshot (a request's facts added) share its tuple, so the medians are
+#: worked out once per fleet refresh, not once per decision.
+_MEASURED: dict[tuple[int, str], tuple[tuple[Performance, ...], dict[str, Performance],
+                                       Prior | None]] = {}
+
+
+def measured(fleet: FleetSnapshot, model: str) -> tuple[dict[str, Performance], Prior | None]:
+    """What each node did with ``model`` (by node key), and the prior for the rest (None: no
+    node has told its rates yet). Memoised by the identity of the snapshot's performance tuple,
+    which is immutable: the answer is the same as computing it again."""
+    performance = fleet.performance
+    found = _MEASURED.get((id(performance), model))
+    if found is not None and found[0] is performance:
+        return found[1], found[2]
+    seen = fleet.performance_by_node(model)
+    computed = prior(seen.values()) if seen else None
+    if len(_MEASURED) >= 16:
+        _MEASURED.clear()
+    _MEASURED[(id(performance), model)] = (performance, seen, computed)
+    return seen, computed
 
 
 @frozen
@@ -77,7 +104,7 @@ class Work:
     streamed: bool = False
 
     @classmethod
-    def of(cls, request: InferenceRequest, measured: Iterable[Performance]) -> Work:
+    def of(cls, request: InferenceRequest, prior: Prior) -> Work:
         body = request.body
         chars = len(str(body.get("prompt") or "")) + len(str(body.get("system") or ""))
         for message in body.get("messages") or ():
@@ -88,8 +115,7 @@ class Work:
         if isinstance(limit, int) and limit >= 0:
             output = float(limit)
         else:
-            lengths = [p.output_tokens for p in measured if p.output_tokens]
-            output = statistics.fmean(lengths) if lengths else DEFAULT_OUTPUT
+            output = prior.output_tokens or DEFAULT_OUTPUT
         return cls(prompt_tokens=max(chars / CHARS_PER_TOKEN, 1.0), output_tokens=output,
                    streamed=request.stream)
 

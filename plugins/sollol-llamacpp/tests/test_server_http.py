@@ -16,14 +16,15 @@ EVENTS = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": "H
 
 
 async def test_a_connection_closed_before_the_request_is_written_is_tried_again() -> None:
-    """llama-server accepts a connection it has no HTTP thread for and closes it at once; the
-    request never reached it, so it is sent again on a new connection (not failed over)."""
+    """llama-server says keep-alive after a streamed answer, then closes the connection: a
+    request sent on it never reaches the server, so it is sent again on a new connection (not
+    failed over to another node, which would lose the prompt cache)."""
     accepted = 0
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal accepted
         accepted += 1
-        if accepted == 1:  # no thread for this one
+        if accepted == 1:  # closed under the request
             writer.transport.abort()
             return
         head = await reader.readuntil(b"\r\n\r\n")

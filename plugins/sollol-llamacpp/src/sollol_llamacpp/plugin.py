@@ -65,9 +65,7 @@ class LlamacppPlugin:
     """What the plugin holds for one router, and its hooks."""
 
     settings: Settings = field(factory=Settings)
-    #: llama-server serves HTTP from a few threads (-np + 2 on a small machine) and each open
-    #: connection holds one while idle, up to 5 s: ours let idle ones go after 2 s.
-    sessions: Sessions = field(factory=lambda: Sessions(keepalive_s=2.0))
+    sessions: Sessions = field(factory=Sessions)
     models: dict[str, Path] = field(factory=dict)
     footprints: dict[str, ModelFootprint] = field(factory=dict)
     calibration: Calibration = field(factory=Calibration)

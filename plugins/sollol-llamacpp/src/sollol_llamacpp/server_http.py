@@ -4,6 +4,7 @@ through its OpenAI endpoints, and probe it via ``/health``, ``/props``, ``/slots
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -62,8 +63,9 @@ async def run(session: aiohttp.ClientSession, base_url: str, request: InferenceR
 async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
                 headers: Mapping[str, str] | None) -> AsyncIterator[aiohttp.ClientResponse]:
     """POST, once more on a new connection when the connection closed before any answer:
-    llama-server closes a connection it accepted but has no HTTP thread for (seen as "Can not
-    write request body" or "Server disconnected"); a generation has no side effect to repeat."""
+    llama-server (b11434) answers a streamed request with ``Keep-Alive: timeout=5`` and then
+    closes the connection, so the next request on it fails ("Can not write request body" or
+    "Server disconnected") without reaching the server; a generation has no side effect."""
     try:
         response = await session.post(url, json=body, headers=headers)
     except aiohttp.ServerDisconnectedError:
@@ -112,11 +114,10 @@ async def probe_server(session: aiohttp.ClientSession, endpoint: Endpoint,
             return NodeSnapshot.down(endpoint, "loading its model")
         if status != 200:
             return NodeSnapshot.down(endpoint, f"not a llama-server: /health answered {status}")
-        # one after another, on one connection: llama-server serves HTTP from a few threads
-        # (-np + 2 on a small machine), and each open connection holds one while it idles
-        _, props = await _get_json(session, f"{base}/props", timeout_s)
-        _, models = await _get_json(session, f"{base}/v1/models", timeout_s)
-        _, slots = await _get_json(session, f"{base}/slots", timeout_s)
+        (_, props), (_, models), (_, slots) = await asyncio.gather(
+            _get_json(session, f"{base}/props", timeout_s),
+            _get_json(session, f"{base}/v1/models", timeout_s),
+            _get_json(session, f"{base}/slots", timeout_s))
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         reason = (f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError)
                   else f"unreachable: {exc}")

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sollol_llamacpp.binaries import Binaries, cache_root, require_binaries
@@ -100,10 +100,11 @@ def rpc_workers(binaries: Binaries, count: int, log_dir: Path) -> Iterator[list[
 
 @contextlib.contextmanager
 def llama_servers(binaries: Binaries, gguf: Path, alias: str, count: int, log_dir: Path, *,
-                  slots: int = 1, context: int = 2048) -> Iterator[list[str]]:
+                  slots: int = 1, context: int = 2048, extra: Sequence[str] = (),
+                  ) -> Iterator[list[str]]:
     """``count`` real whole-model llama-server nodes serving ``gguf`` as ``alias``, each with
-    ``slots`` slots (``-np``) of ``context`` tokens together; yields ``host:port`` strings once
-    each has loaded the model."""
+    ``slots`` slots (``-np``) of ``context`` tokens together and ``extra`` arguments; yields
+    ``host:port`` strings once each has loaded the model."""
     processes: list[subprocess.Popen[bytes]] = []
     addresses: list[str] = []
     try:
@@ -112,7 +113,7 @@ def llama_servers(binaries: Binaries, gguf: Path, alias: str, count: int, log_di
             log = (log_dir / f"llama-server-{index}.log").open("wb")
             processes.append(subprocess.Popen(
                 [str(binaries.llama_server), "-m", str(gguf), "-a", alias, "--host", "127.0.0.1",
-                 "--port", str(port), "-c", str(context), "-np", str(slots)],
+                 "--port", str(port), "-c", str(context), "-np", str(slots), *extra],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
             addresses.append(f"127.0.0.1:{port}")
         for address, process in zip(addresses, processes, strict=True):
