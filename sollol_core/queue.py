@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from attrs import define, field, frozen
 
@@ -54,9 +54,12 @@ class RunningBook:
         if ends is not None and ends.pop(attempt, None) is not None and not ends:
             del self._ends[node]
 
-    def running(self, now: float) -> Running:
-        return Running({node: tuple(sorted(max(end - now, 0.0) for end in ends.values()))
-                        for node, ends in self._ends.items()})
+    def running(self, now: float, full: Callable[[str], bool]) -> Running | None:
+        """What runs on the nodes for which ``full(node)`` holds (only there does the wait for
+        a slot depend on it); None when no such node runs anything of ours."""
+        found = {node: tuple(sorted(max(end - now, 0.0) for end in ends.values()))
+                 for node, ends in self._ends.items() if full(node)}
+        return Running(found) if found else None
 
 
 @define

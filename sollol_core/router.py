@@ -147,19 +147,25 @@ class Router:
         # for this request only, and only when there is something to weigh: what nodes hold
         # of its prompt, what already waits for each node, and when what runs there ends
         cache = self.affinity.lookup(prefixes) if prefixes else None
-        if cache is not None or len(self.queue) or self.running:
+        running = self.running.running(time.monotonic(), self._full) if self.running else None
+        if cache is not None or len(self.queue) or running is not None:
             facts = dict(fleet.facts)
             if cache is not None:
                 facts[PromptCache] = cache
             if len(self.queue):
                 facts[Waiting] = self.queue.waiting()
-            if self.running:
-                facts[Running] = self.running.running(time.monotonic())
+            if running is not None:
+                facts[Running] = running
             fleet = evolve(fleet, facts=facts)
         decision = self.plugins.place(request, fleet, self.settings)
         if decision is None:
             raise NoRouteError("no placement policy is enabled (is builtin-placement blocked?)")
         return decision
+
+    def _full(self, key: str) -> bool:
+        """Whether a request placed on node ``key`` now would wait for a slot."""
+        node = self.fleet.node(key)
+        return node is not None and node.in_flight + self.queue.waiting_for(key) >= node.parallel
 
     def _must_wait(self, decision: Decision, queued: bool) -> bool:
         """Whether the decided node has no room now (or, for a newcomer, others wait for it:

@@ -8,7 +8,7 @@ from attrs import evolve
 from sollol_core.affinity import PromptCache
 from sollol_core.builtin import placement
 from sollol_core.builtin.prediction import DEFAULT_OUTPUT, Work, prior
-from sollol_core.queue import Running
+from sollol_core.queue import Running, RunningBook
 from sollol_core.testing import fleet, node
 from sollol_core.types import Decision, FleetSnapshot, InferenceRequest, Performance
 
@@ -172,3 +172,16 @@ def test_the_wait_on_a_full_node_is_until_what_runs_there_is_expected_to_end() -
     assert "0.20 s waiting for a slot" in decision.reason
     # the decision says how long the node will be busy with it once started
     assert decision.service_s is not None and abs(decision.service_s - 1.006) < 0.001
+
+
+def test_what_runs_is_told_to_placement_only_for_nodes_that_are_full() -> None:
+    book = RunningBook()
+    book.started("a", 1, expected_end=110.0)
+    book.started("a", 2, expected_end=104.0)
+    book.started("b", 3, expected_end=120.0)
+    running = book.running(100.0, full=lambda node: node == "a")
+    assert running == Running({"a": (4.0, 10.0)})  # soonest first; b has a free slot
+    assert book.running(100.0, full=lambda node: False) is None
+    book.ended("a", 1)
+    book.ended("a", 2)
+    assert book.running(200.0, full=lambda node: True) == Running({"b": (0.0,)})  # overdue
