@@ -23,12 +23,13 @@ could do) and ``cache-partition`` (each tenant's conversations always to one hom
 shared out by slots: load ignored, the most prompt cache a router can keep on these slots).
 Baselines send straight to the nodes (no proxy cost); SOLLOL pays its own.
 
-Reported per load and router: TTFT p50/p99, latency p50/p99, output tokens/s, prompt tokens
-served from a node's cache, the share an unbounded cache would have served (prompt tokens that
-repeat an earlier request's messages: no router can do better), and each node's share of
-requests. With ``--repeat N`` every load and router runs N times, interleaved, and the
-median run (by tokens/s) is reported with the range. Targets (issue 13) are checked and printed;
-figures go to ``benchmarks/results/fleet.json`` and a plot to ``fleet.svg`` beside it.
+Reported per load and router: TTFT p50/p99, latency p50/p99, output tokens/s and their share of
+the fleet's decode capacity (every slot generating: 1,490 tokens/s), prompt tokens served from a
+node's cache, the share an unbounded cache would have served (prompt tokens that repeat an
+earlier request's messages: no router can do better), and each node's share of requests.
+With ``--repeat N`` every load and router runs N times, interleaved, and the median run (by
+tokens/s) is reported with the range. Targets (issue 13) are checked and printed; figures go to
+``benchmarks/results/fleet.json`` and a plot to ``fleet.svg`` beside it.
 
     python benchmarks/fleet.py [--quick] [--seconds S] [--repeat N] [--output PATH]
 """
@@ -77,6 +78,9 @@ class NodeSpec:
 
 NODES = (NodeSpec("fast", 4, 240.0, 6000.0), NodeSpec("mid-a", 2, 120.0, 3000.0),
          NodeSpec("mid-b", 2, 120.0, 3000.0), NodeSpec("slow", 1, 50.0, 1000.0))
+#: Output tokens/s with every slot of every node generating (each slot decodes at its node's
+#: speed): what the fleet could give if no time went to prefill, waiting or thinking.
+DECODE_CAPACITY = sum(n.slots * n.decode for n in NODES)
 
 
 @dataclass
@@ -260,6 +264,8 @@ async def run(router: str, loops: int, seconds: float) -> dict[str, Any]:
         "latency_p50_ms": round(percentile(latency, 50), 1),
         "latency_p99_ms": round(percentile(latency, 99), 1),
         "output_tokens_per_s": round(sum(r.output_tokens for r in results) / elapsed, 1),
+        "decode_capacity_share": round(sum(r.output_tokens for r in results) / elapsed
+                                       / DECODE_CAPACITY, 3),
         "cached_prompt_share": round(1 - sum(r.evaluated for r in results) / prompt, 3)
         if prompt else 0.0,
         "reusable_prompt_share": round(sum(r.reusable for r in results) / prompt, 3)
@@ -344,13 +350,14 @@ def main(argv: list[str] | None = None) -> int:
                     {"load": load, **asyncio.run(run(router, loops, seconds))})
     rows = [median_run(found) for found in runs.values()]
     print(f"{'load':<10} {'router':<18} {'reqs':>5} {'ttft p50':>9} {'p99':>8} {'lat p50':>8} "
-          f"{'p99':>8} {'out tok/s':>9} {'cached':>7} {'reusable':>8}  "
+          f"{'p99':>8} {'out tok/s':>9} {'of cap':>6} {'cached':>7} {'reusable':>8}  "
           f"share fast/mid-a/mid-b/slow")
     for r in rows:
         share = "/".join(f"{v:.2f}" for v in r["node_share"].values())
         print(f"{r['load']:<10} {r['router']:<18} {r['requests']:>5} {r['ttft_p50_ms']:>9.0f} "
               f"{r['ttft_p99_ms']:>8.0f} {r['latency_p50_ms']:>8.0f} {r['latency_p99_ms']:>8.0f} "
-              f"{r['output_tokens_per_s']:>9.1f} {r['cached_prompt_share']:>7.2f} "
+              f"{r['output_tokens_per_s']:>9.1f} {r['decode_capacity_share']:>6.2f} "
+              f"{r['cached_prompt_share']:>7.2f} "
               f"{r['reusable_prompt_share']:>8.2f}  {share}")
     checked = targets(rows)
     for line in checked:
