@@ -53,9 +53,10 @@ import aiohttp
 from plot import grouped_bars  # the benchmarks folder is on sys.path
 from report import environment, percentile, write
 from sollol_ollama.testing import CostModel, OllamaEmulator
-from sollol_ollama.testing.cost import chat_tokens, common_prefix
+from sollol_ollama.testing.cost import chat_tokens
 
 from sollol_core import OllamaPool
+from sollol_core.affinity import common_prefix
 from sollol_core.config import Settings
 from sollol_core.types import InferenceRequest
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from attrs import define, field, frozen
 
@@ -69,8 +69,9 @@ def prefixes(request: InferenceRequest) -> tuple[tuple[int, float], ...]:
     return tuple(found)
 
 
-#: llama.cpp's ``--slot-prompt-similarity`` default: a slot is chosen for what it holds only when
-#: that covers at least this share of the prompt; else the least recently used one.
+#: A slot is chosen for what it holds only when that covers at least this share of the prompt;
+#: else the least recently used one (llama.cpp's ``--slot-prompt-similarity``, whose default was
+#: 0.5; llama-server b11434 defaults to 0.10). The Ollama emulator's slots follow the same rule.
 SIMILARITY = 0.5
 
 
@@ -91,7 +92,7 @@ class _Slots:
             oldest = self.used.index(min(self.used))
             dropped += self.held.pop(oldest)
             self.used.pop(oldest)
-        shared = [_common(sequence, digests) for sequence in self.held]
+        shared = [common_prefix(sequence, digests) for sequence in self.held]
         best = max(range(len(shared)), key=shared.__getitem__, default=None)
         if best is None or not covers(shared[best]):
             if len(self.held) < max(slots, 1):  # an empty slot
@@ -107,7 +108,8 @@ class _Slots:
         return {digest for sequence in self.held for digest in sequence}
 
 
-def _common(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+def common_prefix(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
+    """How many leading items ``a`` and ``b`` share."""
     count = 0
     for left, right in zip(a, b, strict=False):
         if left != right:

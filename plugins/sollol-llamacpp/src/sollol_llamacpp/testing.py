@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sollol_llamacpp.binaries import Binaries, cache_root, require_binaries
@@ -77,25 +77,13 @@ def rpc_workers(binaries: Binaries, count: int, log_dir: Path) -> Iterator[list[
     Plain processes, for tests that share workers across many routers; SOLLOL's own supervised
     workers are :class:`sollol_llamacpp.workers.WorkerPool`.
     """
-    processes: list[subprocess.Popen[bytes]] = []
-    addresses: list[str] = []
-    try:
-        for index in range(count):
-            port = _free_port()
-            log = (log_dir / f"worker-{index}.log").open("wb")
-            processes.append(subprocess.Popen(
-                [str(binaries.rpc_server), "-H", "127.0.0.1", "-p", str(port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                restore_signals=False))  # SIGPIPE stays ignored, as for SOLLOL's own workers
-            addresses.append(f"127.0.0.1:{port}")
-        for address, process in zip(addresses, processes, strict=True):
-            wait_listening("127.0.0.1", int(address.rsplit(":", 1)[1]), process)
+    with _loopback_processes(
+            count, log_dir / "worker-{}.log",
+            lambda port: [str(binaries.rpc_server), "-H", "127.0.0.1", "-p", str(port)],
+            lambda address, process: wait_listening(
+                "127.0.0.1", int(address.rsplit(":", 1)[1]), process),
+            restore_signals=False) as addresses:  # SIGPIPE stays ignored, as for SOLLOL's own
         yield addresses
-    finally:
-        for process in processes:
-            process.kill()
-        for process in processes:
-            process.wait()
 
 
 @contextlib.contextmanager
@@ -105,19 +93,34 @@ def llama_servers(binaries: Binaries, gguf: Path, alias: str, count: int, log_di
     """``count`` real whole-model llama-server nodes serving ``gguf`` as ``alias``, each with
     ``slots`` slots (``-np``) of ``context`` tokens together and ``extra`` arguments; yields
     ``host:port`` strings once each has loaded the model."""
+    with _loopback_processes(
+            count, log_dir / "llama-server-{}.log",
+            lambda port: [str(binaries.llama_server), "-m", str(gguf), "-a", alias, "--host",
+                          "127.0.0.1", "--port", str(port), "-c", str(context), "-np",
+                          str(slots), *extra],
+            _wait_healthy) as addresses:
+        yield addresses
+
+
+@contextlib.contextmanager
+def _loopback_processes(count: int, log: Path, argv: Callable[[int], list[str]],
+                        ready: Callable[[str, subprocess.Popen[bytes]], None],
+                        restore_signals: bool = True) -> Iterator[list[str]]:
+    """``count`` processes, each ``argv(port)`` on a free loopback port with its output in
+    ``log`` (``{}``: its index); yields their ``host:port`` once ``ready`` returned for each,
+    and kills them all after."""
     processes: list[subprocess.Popen[bytes]] = []
     addresses: list[str] = []
     try:
         for index in range(count):
             port = _free_port()
-            log = (log_dir / f"llama-server-{index}.log").open("wb")
-            processes.append(subprocess.Popen(
-                [str(binaries.llama_server), "-m", str(gguf), "-a", alias, "--host", "127.0.0.1",
-                 "--port", str(port), "-c", str(context), "-np", str(slots), *extra],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            with log.with_name(log.name.format(index)).open("wb") as output:  # the child's copy
+                processes.append(subprocess.Popen(
+                    argv(port), stdout=output, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, restore_signals=restore_signals))
             addresses.append(f"127.0.0.1:{port}")
         for address, process in zip(addresses, processes, strict=True):
-            _wait_healthy(address, process)
+            ready(address, process)
         yield addresses
     finally:
         for process in processes:

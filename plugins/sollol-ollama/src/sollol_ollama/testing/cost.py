@@ -4,7 +4,8 @@ A real node spends time on the prompt before the first token (prefill) and then 
 token (decode); it keeps each slot's last sequence in its KV cache, so a request whose prompt
 begins with what a slot already holds (the next turn of the same conversation) only evaluates
 the rest, and llama.cpp (under Ollama) gives a request the free slot that shares the longest
-prefix with it (when that covers half the prompt; else the least recently used slot).
+prefix with it (when that covers half the prompt, ``sollol_core.affinity.SIMILARITY``; else the
+least recently used slot).
 :class:`CostModel` gives an emulator those costs, and :class:`SlotCache` those
 slots, so that routers can be measured on what they are for: which node answers first.
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from attrs import field, frozen
 
+from sollol_core.affinity import SIMILARITY, common_prefix
 from sollol_core.config import not_negative, positive
 
 
@@ -50,18 +52,6 @@ def prompt_tokens(system: str | None, prompt: str) -> tuple[str, ...]:
     return tuple(f"{system or ''} {prompt}".split())
 
 
-def common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
-    count = 0
-    for left, right in zip(a, b, strict=False):
-        if left != right:
-            break
-        count += 1
-    return count
-
-
-#: llama.cpp's ``--slot-prompt-similarity`` default: a slot is chosen for what it holds only
-#: when that covers at least this share of the prompt; else the least recently used one.
-SIMILARITY = 0.5
 
 
 class SlotCache:
