@@ -25,10 +25,14 @@ def test_logs_health_and_gpu_layers_of_a_running_coordinator(
             "argv = psutil.Process(router.coordinator.pid).cmdline()\n"
             "print(f\"-ngl {argv[argv.index('-ngl') + 1]}\")\n"
             f"tail = {tail!r}\n"
+            # The coordinator keeps logging (the supervisor's health checks), so the line to
+            # look for is read before tail starts: tail shows it among the last ten.
+            "log_path = str(router.coordinator.log_path)\n"
+            "last = open(log_path).read().splitlines()[-1]\n"
             "shown = subprocess.run(['timeout', '2', 'bash', '-c', tail], capture_output=True,\n"
             "                       text=True).stdout\n"
-            "last = open(router.coordinator.log_path).read().splitlines()[-1]\n"
-            "print(f'log of this coordinator: {last in shown}')\n"
+            "ours = f'==> {log_path} <==' in shown or '==> ' not in shown\n"
+            "print(f'log of this coordinator: {last in shown and ours}')\n"
             f"curl = {curl!r}.replace('localhost:18080',\n"
             "                         router.coordinator.base_url.removeprefix('http://'))\n"
             "print(subprocess.run(['bash', '-c', curl], capture_output=True, text=True).stdout)\n"
