@@ -70,6 +70,71 @@ class Limits:
         return cls(started + total, first, routing.silence_timeout_s, total)
 
 
+class SilenceWatch:
+    """A reply's limits between chunks, on one timer per reply rather than one per chunk
+    (``asyncio.timeout`` around every chunk's wait arms and cancels a timer per token).
+
+    Only time spent waiting on the node counts: while the reply's reader writes to a slow
+    client, the node is not silent. The timer, when it fires, looks at how long the current
+    wait has lasted and cancels the waiting task only when a limit has passed; otherwise it
+    sets itself for the earliest moment one could.
+    """
+
+    __slots__ = ("_cancelling", "_limits", "_since", "_task", "_timer", "fired")
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._since: float | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._timer: asyncio.TimerHandle | None = None
+        #: Which limit ended the wait: "total" (the request's deadline) or "silence".
+        self.fired: str | None = None
+
+    def waiting(self) -> None:
+        """The reader starts waiting for the node's next chunk."""
+        now = self._since = time.monotonic()
+        task = self._task = asyncio.current_task()
+        self._cancelling = task.cancelling() if task is not None else 0
+        if self._timer is None:
+            self._arm(now)
+
+    def got(self) -> None:
+        """The wait is over (a chunk, the end, or a failure)."""
+        self._since = None
+
+    def overdue(self, exc: asyncio.CancelledError) -> bool:
+        """Whether ``exc``, raised in the wait, is this watch's doing (not the client's)."""
+        task = self._task
+        return (self.fired is not None and task is not None
+                and task.uncancel() <= self._cancelling)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, since: float) -> None:
+        limits = self._limits
+        limit = min(since + limits.silence_s, limits.deadline)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(limit - time.monotonic(), 0.0), self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        since, now = self._since, time.monotonic()
+        if since is None:  # the reader is busy elsewhere: a full silence from now at the least
+            self._arm(now)
+            return
+        limits = self._limits
+        if now < min(since + limits.silence_s, limits.deadline):
+            self._arm(since)  # a chunk came since this timer was set; (or it fired early)
+            return
+        self.fired = "total" if limits.deadline <= since + limits.silence_s else "silence"
+        if self._task is not None:
+            self._task.cancel()
+
+
 class FirstChunkTimeout(TimeoutError):
     """An attempt's first chunk did not come in time. ``deadline``: the request's own time
     limit was nearer than the first-chunk limit (no other node can do better)."""

@@ -47,6 +47,11 @@ class Sessions:
                 del self._by_loop[loop]
                 await held.session.close()
 
+    def current(self) -> aiohttp.ClientSession | None:
+        """This loop's held session, if a lifespan holds one (call it on the loop)."""
+        held = self._by_loop.get(asyncio.get_running_loop())
+        return held.session if held is not None else None
+
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[aiohttp.ClientSession]:
         held = self._by_loop.get(asyncio.get_running_loop())

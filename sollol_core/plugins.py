@@ -232,10 +232,14 @@ class Plugins:
         results = []
         for impl in reversed(impls):
             try:
-                results.append(impl.function(**_arguments(impl, **kwargs)))
+                result = impl.function(**_arguments(impl, **kwargs))
             except Exception as exc:
                 log.warning("%s: plugin %s failed: %r", caller.name, impl.plugin_name, exc)
-        await _gather_logged(caller.name, results)
+                continue
+            if result is not None:  # most observers are plain functions: nothing to await
+                results.append(result)
+        if results:
+            await _gather_logged(caller.name, results)
 
     def setup_gateway(self, app: Any) -> None:
         """Let plugins add routes, middlewares and cleanup contexts to the gateway."""

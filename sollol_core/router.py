@@ -21,6 +21,7 @@ from sollol_core.attempt import (
     Journey,
     Limits,
     Outcome,
+    SilenceWatch,
     describe,
     error_type_of,
     outcome_of,
@@ -341,19 +342,23 @@ class Reply:
         outcome = Outcome.OK
         limits, stream = self.limits, self.attempt.stream
         assert stream is not None
+        watch = SilenceWatch(limits)
         try:
             if self.first is not None:
                 chunks, last = 1, self.first
                 yield self.first
             while True:
-                wait_s = min(limits.silence_s, limits.deadline - time.monotonic())
+                watch.waiting()
                 try:
-                    async with asyncio.timeout(wait_s):
-                        chunk = await anext(stream)
+                    chunk = await anext(stream)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
-                    raise _Overdue(wait_s < limits.silence_s) from None
+                except asyncio.CancelledError as cancelled:
+                    if watch.overdue(cancelled):
+                        raise _Overdue(watch.fired == "total") from None
+                    raise
+                finally:
+                    watch.got()
                 chunks, last = chunks + 1, chunk
                 yield chunk
         except _Overdue as exc:
@@ -369,6 +374,7 @@ class Reply:
             outcome, error, error_type = outcome_of(exc), describe(exc), error_type_of(exc)
             raise
         finally:
+            watch.stop()
             await self.close(chunks, error, last, outcome=outcome, error_type=error_type)
 
     async def close(self, chunks: int = 0, error: str | None = None,

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from attrs import frozen
 
-from sollol_core import convert
+from sollol_core import convert, wirejson
 from sollol_core.errors import BackendError, NoRouteError, QueueFullError
 from sollol_core.router import Reply, Router
 from sollol_core.types import InferenceRequest
@@ -75,7 +75,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise ApiError(413, f"request body has more than {gateway.max_json_items} JSON values "
                             "(gateway.max_json_items)")
     try:
-        body = json.loads(raw)
+        body = wirejson.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"invalid JSON: {exc}") from None
     except RecursionError:

@@ -13,6 +13,7 @@ it names models, nodes and their addresses. Give Prometheus the key as a bearer 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from aiohttp import web
 from attrs import define, field
@@ -82,6 +83,9 @@ class RequestMetrics:
     duration: Histogram = field(init=False)
     first_chunk: Histogram = field(init=False)
     tokens: Counter = field(init=False)
+    #: Each metric's children by label values: ``labels()`` checks and locks on every call,
+    #: and a request would make up to five such calls.
+    _bound: dict[tuple[int, tuple[str, ...]], Any] = field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -120,16 +124,26 @@ class RequestMetrics:
         if outcome == "refused" and not any(n.holds(model)
                                             for n in self.router.fleet.snapshot().nodes):
             model = UNKNOWN_MODEL
-        self.requests.labels(model, operation, backend, outcome).inc()
+        child = self._child
+        child(self.requests, model, operation, backend, outcome).inc()
         if outcome == "refused":
             return  # no latency worth a histogram
-        self.duration.labels(model, operation, backend).observe(record.duration_ms / 1000)
+        child(self.duration, model, operation, backend).observe(record.duration_ms / 1000)
         if record.first_chunk_ms is not None:
-            self.first_chunk.labels(model, operation, backend).observe(
+            child(self.first_chunk, model, operation, backend).observe(
                 record.first_chunk_ms / 1000)
-        for kind, count in (("input", record.input_tokens), ("output", record.output_tokens)):
-            if count:
-                self.tokens.labels(model, backend, kind).inc(count)
+        if record.input_tokens:
+            child(self.tokens, model, backend, "input").inc(record.input_tokens)
+        if record.output_tokens:
+            child(self.tokens, model, backend, "output").inc(record.output_tokens)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, bound once per label set."""
+        key = (id(metric), labels)
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = self._bound[key] = metric.labels(*labels)
+        return bound
 
 
 @define(eq=False)

@@ -8,7 +8,6 @@ the node.
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +27,7 @@ from sollol_core.gateway.common import (
 )
 from sollol_core.plugins import core_version
 from sollol_core.types import InferenceRequest, Operation
+from sollol_core.wirejson import dumps
 
 
 @define
@@ -165,8 +165,9 @@ def _inference_handler(operation: Operation) -> Any:
         try:
             if not stream:
                 chunks, reply = await router.collect(inference)
-                return web.json_response(fold(operation, chunks), headers=routing_headers(reply),
-                                         dumps=_dumps)
+                return web.Response(body=_dumps(fold(operation, chunks)),
+                                    headers=routing_headers(reply),
+                                    content_type="application/json", charset="utf-8")
             reply = await router.open(inference)
         except Exception as exc:
             failed = error_for(exc, inference, router)
@@ -194,14 +195,14 @@ async def _relay(request: web.Request, reply: Any, headers: dict[str, str]) -> w
     async with contextlib.aclosing(aiter(reply)) as chunks:
         try:
             async for chunk in chunks:
-                await response.write(_dumps(chunk).encode() + b"\n")
+                await response.write(_dumps(chunk) + b"\n")
         except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
             return response
         except web.HTTPException:
             raise
         except Exception as exc:
             with contextlib.suppress(ConnectionResetError):
-                await response.write(_dumps({"error": _stream_error(exc)}).encode() + b"\n")
+                await response.write(_dumps({"error": _stream_error(exc)}) + b"\n")
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response
@@ -211,5 +212,5 @@ def _stream_error(exc: Exception) -> str:
     return f"{exc}" if str(exc) else type(exc).__name__
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=unstructure)
+def _dumps(value: Any) -> bytes:
+    return dumps(value, unstructure)

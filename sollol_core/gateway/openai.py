@@ -37,6 +37,7 @@ from sollol_core.gateway.common import (
 from sollol_core.hookspecs import Chunk
 from sollol_core.router import Reply, Router
 from sollol_core.types import InferenceRequest, model_key
+from sollol_core.wirejson import dumps
 
 
 def add_routes(app: web.Application) -> None:
@@ -196,8 +197,7 @@ async def _stream(request: web.Request, router: Router, reply: Reply,
 
 
 def _event(data: Mapping[str, Any]) -> bytes:
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
+    return b"data: " + dumps(data) + b"\n\n"
 
 
 async def _write(response: web.StreamResponse, data: bytes = b"", *,

@@ -55,6 +55,7 @@ def split_host_port(text: str, default_port: int | None = None) -> tuple[str, in
     return host, port
 
 
+@functools.lru_cache(maxsize=4096)  # asked per decision; hosts are few
 def is_loopback(host: str) -> bool:
     """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":

@@ -3,6 +3,7 @@ that goes silent is, and a caller's own timeout can raise the limits."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -76,3 +77,18 @@ async def test_a_callers_timeout_raises_the_first_chunk_limit(timeout: float | N
                 reply = await pool.chat("llama3.2", HI, timeout=timeout)
                 assert reply["message"]["content"].startswith("loads")
                 assert reply["_routing"]["attempts"] == 1
+
+
+async def test_a_slow_reader_is_not_taken_for_a_silent_node() -> None:
+    """Only time spent waiting on the node counts as its silence: a caller that takes longer
+    than the silence limit over each chunk still gets the whole answer."""
+    async with OllamaEmulator(name="quick", reply_words=4) as node:
+        settings = Settings.load(environ={"SOLLOL_LOAD_PLUGINS": "ollama",
+                                          "SOLLOL_SILENCE_TIMEOUT": "0.3"})
+        async with OllamaPool([node.address], settings=settings) as pool:
+            words = []
+            async for chunk in await pool.chat("llama3.2", HI, stream=True):
+                words.append(chunk["message"]["content"])
+                await asyncio.sleep(0.6)  # twice the silence limit, on every chunk
+        assert "".join(words) == "quick word1 word2 word3"
+        assert node.in_flight == 0

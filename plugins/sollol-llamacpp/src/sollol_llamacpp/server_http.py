@@ -17,6 +17,7 @@ import aiohttp
 from sollol_core.errors import BackendError
 from sollol_core.hookspecs import Chunk
 from sollol_core.types import Endpoint, Health, InferenceRequest, ModelInfo, NodeSnapshot, Role
+from sollol_core.wirejson import loads
 from sollol_llamacpp.bridge import StreamTranslator, from_openai, to_openai
 
 RETRYABLE = frozenset({408, 429, 503}) | frozenset(range(500, 600))
@@ -46,7 +47,7 @@ async def run(session: aiohttp.ClientSession, base_url: str, request: InferenceR
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     break
-                event = json.loads(data)
+                event = loads(data)
                 if "error" in event:
                     raise BackendError(f"{label}: {_message(event['error'])}", retryable=sent == 0)
                 for chunk in translator.feed(event):

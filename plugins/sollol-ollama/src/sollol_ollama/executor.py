@@ -17,10 +17,15 @@ import aiohttp
 from sollol_core.errors import BackendError
 from sollol_core.hookspecs import Chunk
 from sollol_core.types import Endpoint, InferenceRequest, Operation
+from sollol_core.wirejson import dumps, loads
 
 #: Statuses worth another node: busy, missing model (inventory changed), server-side failure.
 RETRYABLE = frozenset({404, 408, 429, 499}) | frozenset(range(500, 600))
 
+
+#: The longest NDJSON line taken from a node (Ollama's are a few hundred bytes; an embedding of
+#: a long input can be megabytes, but it is not streamed).
+MAX_LINE_BYTES = 16 * 2**20
 
 #: Operations whose answers Ollama can stream: always streamed from the node, so that a slow
 #: but healthy generation shows it is alive token by token (the router folds them back into
@@ -38,8 +43,8 @@ async def execute(session: aiohttp.ClientSession, request: InferenceRequest, tar
         body["stream"] = True
     sent = 0
     try:
-        async with session.post(url, json=body,
-                                headers=request.upstream_headers or None) as response:
+        headers = {**request.upstream_headers, "Content-Type": "application/json"}
+        async with session.post(url, data=dumps(body), headers=headers) as response:
             if response.status != 200:
                 message = _error_message(await response.read(), response.status)
                 if response.status == 404:
@@ -47,14 +52,36 @@ async def execute(session: aiohttp.ClientSession, request: InferenceRequest, tar
                 raise BackendError(f"{name}: {message}", status=response.status,
                                    retryable=response.status in RETRYABLE, detail=message)
             if not streamed:
-                yield await response.json(content_type=None)
+                yield loads(await response.read())
                 return
-            async for line in response.content:
-                if not line.strip():
+            # Lines are cut from whatever the socket gave at once (several chunks, often),
+            # here rather than by a line reader per chunk: the cheapest way through per token.
+            partial: list[bytes] = []
+            held = 0
+            async for block in response.content.iter_any():
+                if b"\n" not in block:
+                    partial.append(block)
+                    held += len(block)
+                    if held > MAX_LINE_BYTES:
+                        raise BackendError(f"{name}: a line longer than {MAX_LINE_BYTES} bytes",
+                                           retryable=sent == 0)
                     continue
-                chunk = json.loads(line)
-                if isinstance(chunk, dict) and "error" in chunk and "done" not in chunk:
-                    raise BackendError(f"{name}: {chunk['error']}", retryable=sent == 0)
+                if partial:
+                    partial.append(block)
+                    block = b"".join(partial)
+                    partial.clear()
+                *lines, rest = block.split(b"\n")
+                if rest:
+                    partial.append(rest)
+                held = len(rest)
+                for line in lines:
+                    if line and not line.isspace():
+                        chunk = _chunk(line, name, sent == 0)
+                        sent += 1
+                        yield chunk
+            last = b"".join(partial)
+            if last and not last.isspace():  # a last line with no newline after it
+                chunk = _chunk(last, name, sent == 0)
                 sent += 1
                 yield chunk
             if sent == 0 or not chunk.get("done", False):
@@ -70,6 +97,14 @@ async def execute(session: aiohttp.ClientSession, request: InferenceRequest, tar
     except json.JSONDecodeError:
         raise BackendError(f"{name}: answered something that is not JSON",
                            retryable=sent == 0) from None
+
+
+def _chunk(line: bytes, name: str, first: bool) -> Chunk:
+    """One NDJSON line of the node's answer; Ollama's ``{"error": ...}`` line raises."""
+    chunk: Chunk = loads(line)
+    if isinstance(chunk, dict) and "error" in chunk and "done" not in chunk:
+        raise BackendError(f"{name}: {chunk['error']}", retryable=first)
+    return chunk
 
 
 def _error_message(raw: bytes, status: int) -> str:

@@ -65,6 +65,9 @@ class OllamaPlugin:
         target = decision.target
         if target is None or target.kind != KIND:
             return None
+        session = self.sessions.current()
+        if session is not None:  # the usual case: no wrapper between the chunks and the router
+            return execute(session, request, target, self.prober.forget)
         return self._run(request, target)
 
     async def _run(self, request: InferenceRequest, target: Endpoint) -> AsyncIterator[Chunk]:
