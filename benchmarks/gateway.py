@@ -230,39 +230,74 @@ class Run:
     errors: list[str] = field(default_factory=list)
 
 
-def _check(status: int, headers: Any, lines: Sequence[bytes], stream: bool,
+#: The request shapes: Ollama's generate and chat, and OpenAI's chat completions.
+GENERATE, CHAT, OPENAI = "/api/generate", "/api/chat", "/v1/chat/completions"
+#: (mode, what SOLLOL and the proxies are sent, what the node itself is sent). In the OpenAI
+#: modes the direct target is the same chat in Ollama's own API (the emulator has no /v1), and
+#: the reference proxies are left out: they cannot turn one API into the other.
+MODES = (("non-stream", GENERATE, GENERATE, False), ("stream", GENERATE, GENERATE, True),
+         ("openai non-stream", OPENAI, CHAT, False), ("openai stream", OPENAI, CHAT, True))
+
+
+def request_body(path: str, stream: bool) -> bytes:
+    fields: dict[str, Any] = {"model": MODEL, "stream": stream}
+    if path == GENERATE:
+        fields["prompt"] = "hi"
+    else:
+        fields["messages"] = [{"role": "user", "content": "hi"}]
+    return json.dumps(fields).encode()
+
+
+def _check(status: int, headers: Any, lines: Sequence[bytes], path: str, stream: bool,
            gateway: bool) -> str | None:
     """Why this response is wrong, or None."""
     if status != 200:
         return f"status {status}: {b''.join(lines)[:200]!r}"
     if gateway and "X-Sollol-Backend" not in headers:
         return "no X-Sollol-Backend header"
+    if path == OPENAI:
+        return _check_openai(lines, stream)
     try:
         chunks = [json.loads(line) for line in lines if line.strip()]
     except ValueError:
         return f"not JSON: {b''.join(lines)[:200]!r}"
     if not chunks or any(not isinstance(c, dict) or "error" in c for c in chunks):
         return f"bad chunks: {chunks!r:.200}"
-    if stream:
-        if len(chunks) != REPLY_WORDS + 1:
-            return f"{len(chunks)} chunks, expected {REPLY_WORDS + 1}"
-        text = "".join(str(c.get("response", "")) for c in chunks)
-    else:
-        if len(chunks) != 1:
-            return f"{len(chunks)} JSON values, expected 1"
-        text = str(chunks[0].get("response"))
+    if stream and len(chunks) != REPLY_WORDS + 1:
+        return f"{len(chunks)} chunks, expected {REPLY_WORDS + 1}"
+    if not stream and len(chunks) != 1:
+        return f"{len(chunks)} JSON values, expected 1"
+    text = "".join(str(c.get("response", "")) if path == GENERATE
+                   else str(c.get("message", {}).get("content", "")) for c in chunks)
     if chunks[-1].get("done") is not True or text != EXPECTED_TEXT:
         return f"wrong answer: {text!r}, done={chunks[-1].get('done')!r}"
     return None
 
 
-async def load(url: str, concurrency: int, total: int, stream: bool, gateway: bool,
+def _check_openai(lines: Sequence[bytes], stream: bool) -> str | None:
+    raw = b"".join(lines)
+    try:
+        if not stream:
+            text = json.loads(raw)["choices"][0]["message"]["content"]
+        else:
+            events = [line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]
+            if not events or events[-1] != b"[DONE]":
+                return f"no [DONE] at the end: {raw[-200:]!r}"
+            text = "".join(choice["delta"].get("content") or ""
+                           for event in events[:-1]
+                           for choice in json.loads(event).get("choices", ()))
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"not OpenAI's shape: {raw[:200]!r}"
+    return None if text == EXPECTED_TEXT else f"wrong answer: {text!r}"
+
+
+async def load(url: str, concurrency: int, total: int, path: str, stream: bool, gateway: bool,
                run: Run, warmup: int, server_cpu: Callable[[], float]) -> None:
     """``warmup`` then ``total`` requests, ``concurrency`` at a time, recorded in ``run``;
     ``server_cpu`` reads the CPU seconds the server process has used."""
-    body = json.dumps({"model": MODEL, "prompt": "hi", "stream": stream}).encode()
+    body = request_body(path, stream)
     headers = {"Content-Type": "application/json"}
-    endpoint = f"{url}/api/generate"
+    endpoint = f"{url}{path}"
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
     clock = time.perf_counter
@@ -276,13 +311,14 @@ async def load(url: str, concurrency: int, total: int, stream: bool, gateway: bo
                 async with session.post(endpoint, data=body, headers=headers) as response:
                     if stream and response.status == 200:
                         async for line in response.content:
-                            if not first:
+                            if not first and line.strip():
                                 first = clock()
                             lines.append(line)
                     else:
                         lines.append(await response.read())
                     end = clock()
-                    problem = _check(response.status, response.headers, lines, stream, gateway)
+                    problem = _check(response.status, response.headers, lines, path, stream,
+                                     gateway)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if problem is not None:
@@ -313,7 +349,8 @@ def _ms(samples: Sequence[float], q: int) -> float:
     return round(percentile(samples, q) * 1000, 3)
 
 
-def summarise(mode: str, concurrency: int, runs: dict[str, Run]) -> list[dict[str, Any]]:
+def summarise(mode: str, concurrency: int, runs: dict[str, Run],
+              stream: bool) -> list[dict[str, Any]]:
     """A row per target; a proxy's row says what it adds to ``direct``, measured alike."""
     direct = runs[DIRECT]
     d_rps = direct.requests / direct.wall_s
@@ -326,14 +363,14 @@ def summarise(mode: str, concurrency: int, runs: dict[str, Run]) -> list[dict[st
             "p99_ms": _ms(run.latency_s, 99), "rps": round(rps, 1),
             "cpu_us_per_request": round(run.server_cpu_s / run.requests * 1e6),
             "client_cpu_us_per_request": round(run.client_cpu_s / run.requests * 1e6)}
-        if mode == "stream":
+        if stream:
             row.update(ttfc_p50_ms=_ms(run.first_chunk_s, 50),
                        ttfc_p99_ms=_ms(run.first_chunk_s, 99))
         if target != DIRECT:
             row.update(added_p50_ms=round(row["p50_ms"] - _ms(direct.latency_s, 50), 3),
                        added_p99_ms=round(row["p99_ms"] - _ms(direct.latency_s, 99), 3),
                        rps_ratio=round(rps / d_rps, 3))
-            if mode == "stream":
+            if "ttfc_p50_ms" in row:
                 row["added_ttfc_p50_ms"] = round(
                     row["ttfc_p50_ms"] - _ms(direct.first_chunk_s, 50), 3)
         rows.append(row)
@@ -363,22 +400,25 @@ async def measure(servers: Sequence[Server], counts: dict[int, int],
     await wait_for_model(next(s.url for s in servers if s.role == SOLLOL))
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
-    for mode in ("non-stream", "stream"):
+    for mode, path, direct_path, stream in MODES:
+        targets = [server for server in servers
+                   if path == direct_path or server.role in (DIRECT, SOLLOL)]
         for concurrency in CONCURRENCY:
             total = counts[concurrency]
             print(f"gateway: {mode}, concurrency {concurrency}, {total} requests x "
-                  f"{len(servers)} targets...", file=sys.stderr, flush=True)
-            runs = {server.role: Run() for server in servers}
+                  f"{len(targets)} targets...", file=sys.stderr, flush=True)
+            runs = {server.role: Run() for server in targets}
             # Alternate the targets in rounds so that drift on the machine hits all alike.
             for _ in range(rounds):
-                for server in servers:
-                    await load(server.url, concurrency, total // rounds, mode == "stream",
+                for server in targets:
+                    await load(server.url, concurrency, total // rounds,
+                               direct_path if server.role == DIRECT else path, stream,
                                server.role == SOLLOL, runs[server.role],
                                warmup=max(50, 4 * concurrency),
                                server_cpu=functools.partial(process_cpu_s, server.pid))
             for target, run in runs.items():
                 errors += [f"{mode} c={concurrency} {target}: {e}" for e in run.errors]
-            rows += summarise(mode, concurrency, runs)
+            rows += summarise(mode, concurrency, runs, stream)
     return rows, errors
 
 
@@ -408,13 +448,13 @@ def check_targets(rows: Sequence[dict[str, Any]], target: str = SOLLOL) -> dict[
 
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
-    print(f"{'mode':<10} {'conc':>4} {'target':<13} {'p50 ms':>7} {'p99':>7} {'added p50':>9} "
+    print(f"{'mode':<17} {'conc':>4} {'target':<13} {'p50 ms':>7} {'p99':>7} {'added p50':>9} "
           f"{'ttfc p50':>8} {'added':>6} {'rps':>7} {'ratio':>5} {'cpu us/req':>10}")
     def cell(r: dict[str, Any], key: str, width: int) -> str:
         return f"{r[key]:>{width}.2f}" if key in r else f"{'-':>{width}}"
 
     for r in rows:
-        print(f"{r['mode']:<10} {r['concurrency']:>4} {r['target']:<13} {r['p50_ms']:>7.2f} "
+        print(f"{r['mode']:<17} {r['concurrency']:>4} {r['target']:<13} {r['p50_ms']:>7.2f} "
               f"{r['p99_ms']:>7.2f} {cell(r, 'added_p50_ms', 9)} {cell(r, 'ttfc_p50_ms', 8)} "
               f"{cell(r, 'added_ttfc_p50_ms', 6)} {r['rps']:>7.0f} {cell(r, 'rps_ratio', 5)} "
               f"{r['cpu_us_per_request']:>10}")
@@ -479,8 +519,9 @@ def main(argv: list[str] | None = None) -> int:
                        "event_loop": "as `sollol serve` runs it"},
             "aiohttp-proxy": "benchmarks/proxies.py: relays bytes, parses nothing",
             "nginx": nginx_version(nginx) if nginx else "not installed",
-            "request": {"method": "POST", "path": "/api/generate", "model": MODEL,
-                        "prompt": "hi"},
+            "requests_sent": {mode: {"sollol": path, "direct": direct}
+                              for mode, path, direct, _ in MODES},
+            "request": {"model": MODEL, "prompt or message": "hi"},
             "client": "aiohttp, one pooled session per run, connector limit = concurrency",
             "requests": counts, "rounds": rounds, "quick": args.quick,
             "warmup_per_run": "max(50, 4 x concurrency) requests",
