@@ -5,6 +5,7 @@ Each session installs the core and every plugin, editable, from requirements-dev
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -48,6 +49,10 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/placement.py", *session.posargs)
     session.run("python", "benchmarks/planner.py", *session.posargs)
     session.run("python", "benchmarks/gateway.py", *session.posargs)
+    if shutil.which("valgrind") and shutil.which("gcc"):  # instruction counts, A/B-stable
+        session.run("python", "benchmarks/gateway_instructions.py", *session.posargs)
+    else:
+        session.log("benchmarks/gateway_instructions.py skipped: it needs valgrind and gcc")
     session.run("python", "benchmarks/llamacpp.py", *session.posargs)
     session.run("python", "benchmarks/fleet.py", *session.posargs)
     session.run("python", "benchmarks/prompt_cache.py")

@@ -3,25 +3,34 @@
 orjson parses and writes the small objects of a chunk several times faster than the standard
 library (a streamed answer is one object per token, decoded from the node and encoded for the
 client). Its output is compact and keeps non-ASCII text as UTF-8, as Ollama's own is. Where it
-refuses what the standard library takes (integers past 64 bits, NaN, keys that are not strings),
-the standard library does the work, so nothing a node or a client could send before is refused
+refuses what the standard library takes (NaN, keys that are not strings, integers past 64 bits,
+which it would even read as floats), the standard library does the work, so nothing a node or a client could send before is refused
 now, and a malformed body still gets the standard library's message with its position.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 
+#: 19 digits in a row may be an integer orjson would read as a float (past 64 bits it does,
+#: silently): such text goes to the standard library, which keeps every digit.
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
 def loads(data: bytes | str) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    raw = data.encode() if isinstance(data, str) else data
+    if _LONG_NUMBER.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
